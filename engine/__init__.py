@@ -1,0 +1,1 @@
+"""Encoders, heads, prompts and model bundles. Imports nothing from ``stream`` or ``training``."""

@@ -1,0 +1,56 @@
+"""The two seams of the engine: image encoders and temporal heads.
+
+The runtime (``affectstream.stream``) and training both talk to these protocols only, so backends
+(torch eager, torch compiled, ONNX Runtime, TensorRT) and heads (zero-shot, LSTM) swap freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    """Turns a batch of uint8 RGB frames (any size; each ``HxWx3``) into L2-normalised features.
+
+    Frames stay uint8 until they reach the encoder's device; preprocessing (resize, center crop,
+    normalise) matches open_clip's own transform for the model.
+    """
+
+    name: str  # backend name, e.g. "torch", "onnxruntime"
+    embed_dim: int
+    image_size: int
+    device: str
+
+    def encode(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Return ``(N, embed_dim)`` float32 features, each of unit L2 norm."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class HeadOutput:
+    """Per-row outputs of a head: six emotion scores in [0, 1] and a sentiment in [-1, 1]."""
+
+    scores: np.ndarray  # (N, len(EMOTIONS)) float32
+    sentiment: np.ndarray  # (N,) float32
+
+
+@runtime_checkable
+class TemporalHead(Protocol):
+    """Maps features to estimates, one step per sampled frame, keeping state per stream."""
+
+    name: str
+
+    def step(self, stream_ids: Sequence[str], features: np.ndarray) -> HeadOutput:
+        """Advance each listed stream by one step; ``features`` is ``(N, D)``, row i for stream i.
+
+        A stream id may appear at most once per call.
+        """
+        ...
+
+    def reset(self, stream_id: str) -> None:
+        """Forget the state of one stream (on a stream restart or reconnect)."""
+        ...

@@ -1,0 +1,1 @@
+"""Sources, ring buffers, sampling, batching, the pipeline, summaries, events and sinks."""

@@ -1,0 +1,99 @@
+"""What crosses a queue: frames, source lifecycle and overflow policy.
+
+Everything here is a frozen dataclass or an enum so it can be handed between threads without copies
+or locks. ``VideoFrame.image`` is an ``HxWx3`` uint8 RGB array owned by the frame (sources copy
+out of decoder buffers before handing it on).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from affectstream.errors import SourceOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class VideoFrame:
+    """One decoded frame of one stream.
+
+    ``pts`` is media time in seconds from the container's presentation timestamps where there are
+    some (never frame index x nominal fps); ``captured_ns`` is ``time.monotonic_ns()`` when the grabber
+    held the decoded frame, and ``wall_ms`` the matching wall-clock time (ms since epoch).
+    """
+
+    stream_id: str
+    index: int
+    pts: float
+    captured_ns: int
+    wall_ms: int
+    image: np.ndarray = field(repr=False, compare=False)
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+
+class SourceState(str, enum.Enum):
+    """Lifecycle of a source. Allowed moves are in ``SOURCE_TRANSITIONS``."""
+
+    NOT_STARTED = "not_started"
+    OPENING = "opening"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"  # finished normally (a file reached its end) or stopped on request
+    FAILED = "failed"  # gave up: see the SourceOutcome carried by the event
+
+
+SOURCE_TRANSITIONS: dict[SourceState, frozenset[SourceState]] = {
+    SourceState.NOT_STARTED: frozenset({SourceState.OPENING, SourceState.ENDED}),
+    SourceState.OPENING: frozenset(
+        {SourceState.RUNNING, SourceState.RECONNECTING, SourceState.FAILED, SourceState.ENDED}
+    ),
+    SourceState.RUNNING: frozenset({SourceState.RECONNECTING, SourceState.ENDED, SourceState.FAILED}),
+    SourceState.RECONNECTING: frozenset(
+        {SourceState.OPENING, SourceState.RUNNING, SourceState.FAILED, SourceState.ENDED}
+    ),
+    SourceState.ENDED: frozenset(),
+    SourceState.FAILED: frozenset(),
+}
+
+
+def check_transition(current: SourceState, new: SourceState) -> None:
+    """Raise ``ValueError`` for a lifecycle move that ``SOURCE_TRANSITIONS`` does not allow."""
+    if new not in SOURCE_TRANSITIONS[current]:
+        raise ValueError(f"source cannot move from {current.value} to {new.value}")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEvent:
+    """A lifecycle change of a source, produced by grabbers and turned into protocol events."""
+
+    stream_id: str
+    state: SourceState
+    wall_ms: int
+    outcome: SourceOutcome | None = None
+    detail: str = ""
+    attempt: int = 0  # reconnect attempt number, 0 when not reconnecting
+    frames_read: int = 0
+
+
+class OverflowPolicy(str, enum.Enum):
+    """What a full ring buffer does with a new frame.
+
+    DROP_OLDEST: the writer overwrites the oldest unread frame and counts it. Latency stays bounded
+    and the newest frames are always analysed; frames are lost when the consumer is slower than the
+    source. The right choice for live sources, which cannot be paused.
+
+    WAIT: the writer blocks until a slot is free. Nothing is lost, and the source is read only as fast
+    as the pipeline consumes; latency grows instead. The right choice for files.
+    """
+
+    DROP_OLDEST = "drop_oldest"
+    WAIT = "wait"

@@ -1,0 +1,1 @@
+"""Datasets, frame sampling, feature extraction, LSTM training, metrics and bundle export."""
