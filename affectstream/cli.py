@@ -1,0 +1,172 @@
+"""The `affectstream` command. Settings are read here, once, and passed down as config objects.
+
+Exit statuses (docs/cli.md):
+  0  done: every source was read to its end (or stopped with Ctrl-C for live sources)
+  1  unexpected internal error (a bug: please report it with the log)
+  2  usage or configuration error (bad arguments, unknown model, bad bundle)
+  3  partial: some input was damaged or failed; what could be read was analysed and written
+  4  nothing could be analysed (missing file, empty, not a video, no video track, unreachable)
+  130 interrupted before the end (Ctrl-C during `analyze`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+from affectstream._version import __version__
+from affectstream.errors import AffectstreamError, ConfigError, MissingExtraError, ModelError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_NOTHING, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+log = logging.getLogger("affectstream")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=None,
+                       help="model preset (clip-vit-b32 [default], tiny-random), a weights file, or ARCH:FILE")
+    group.add_argument("--bundle", default=None, help="model bundle directory (made by train or bundle create)")
+    group.add_argument("--head", default="auto", choices=["auto", "lstm", "zero-shot"],
+                       help="temporal head; auto = the bundle's LSTM if it has one, else zero-shot")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--dynamic-threshold", type=float, default=None, metavar="RATIO",
+                       help="zero-shot: zero every score below RATIO x the frame's highest (the seed's rule)")
+
+
+def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("pipeline")
+    group.add_argument("--rate", type=float, default=None, metavar="HZ",
+                       help="sampled frames per second of media time (default: 4 live, 2 files; 0 = every frame)")
+    group.add_argument("--max-batch", type=int, default=16, help="most frames encoded in one call")
+    group.add_argument("--max-wait-ms", type=float, default=10.0, help="longest a frame waits for a batch to fill")
+    group.add_argument("--windows", default="5,60", metavar="S,S", help="rolling summary windows in seconds")
+    group.add_argument("--out", default=None, metavar="FILE", help="also write every message to FILE as JSON Lines")
+    group.add_argument("--open-timeout", type=float, default=10.0, help="seconds to open a source")
+    group.add_argument("--read-timeout", type=float, default=5.0, help="seconds without a frame before a live "
+                       "source counts as lost and reconnects")
+    group.add_argument("--stats-interval", type=float, default=2.0, help="seconds between stats messages")
+    group.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: per frame)")
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("websocket server and dashboard")
+    group.add_argument("--host", default="127.0.0.1")
+    group.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    group.add_argument("--no-serve", action="store_true", help="do not start the websocket server")
+    group.add_argument("--token", default=None, help="require this token from clients (or AFFECTSTREAM_TOKEN)")
+    group.add_argument("--insecure", action="store_true", help="allow a non-loopback host without a token")
+    group.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                       help="extra browser Origin allowed to connect (repeatable)")
+    group.add_argument("--event-log", default=None, metavar="PATH",
+                       help="SQLite event log for resume (default: in memory)")
+    group.add_argument("--retention", type=float, default=24 * 3600.0, metavar="S",
+                       help="seconds of events and summaries kept in the event log")
+    group.add_argument("--max-connections", type=int, default=256)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="affectstream", description="Real-time emotion analysis for video.")
+    parser.add_argument("--version", action="version", version=f"affectstream {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="analyse live sources and files; stream messages as JSON Lines "
+                              "and over a websocket")
+    run.add_argument("sources", nargs="+", metavar="SOURCE",
+                     help="file, webcam index or /dev/videoN, rtsp:// rtmp:// http(s):// (HLS) URL; "
+                          "name it with NAME=SOURCE")
+    run.add_argument("--fast", action="store_true", help="read files as fast as possible instead of in real time")
+    run.add_argument("--show", action="store_true", help="draw live overlays in an OpenCV window")
+    run.add_argument("--quiet", action="store_true", help="do not print messages on stdout")
+    run.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    _add_model_options(run)
+    _add_pipeline_options(run)
+    _add_server_options(run)
+
+    analyze = commands.add_parser("analyze", help="summarise a whole video file as fast as the machine allows")
+    analyze.add_argument("file")
+    analyze.add_argument("--summary", default=None, metavar="FILE.json",
+                         help="where the summary goes (default: FILE.affect.json beside the current dir)")
+    analyze.add_argument("--top", type=int, default=5, help="top moments kept per emotion")
+    _add_model_options(analyze)
+    _add_pipeline_options(analyze)
+
+    bundle = commands.add_parser("bundle", help="create or inspect a model bundle")
+    bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
+    create = bundle_commands.add_parser("create", help="a zero-shot bundle: backbone + prompt text embeddings")
+    create.add_argument("out")
+    create.add_argument("--model", default="clip-vit-b32")
+    create.add_argument("--device", default="auto")
+    inspect = bundle_commands.add_parser("inspect", help="print a bundle's manifest")
+    inspect.add_argument("path")
+
+    _add_optional_commands(commands)
+    return parser
+
+
+def _add_optional_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Commands whose modules register their own arguments."""
+    from affectstream.stream.listen import add_listen_parser
+
+    add_listen_parser(commands)
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING - 10 * min(verbosity, 2) if verbosity else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(getattr(args, "verbose", 0))
+    environment = dict(os.environ)  # read once, here; passed down as plain values
+    handlers: dict[str, Callable[[argparse.Namespace, dict[str, str]], int]] = {
+        "run": _run,
+        "analyze": _analyze,
+        "bundle": _bundle,
+        "listen": _listen,
+    }
+    try:
+        return handlers[args.command](args, environment)
+    except KeyboardInterrupt:
+        log.warning("interrupted")
+        return EXIT_INTERRUPTED
+    except (ConfigError, MissingExtraError, ModelError) as error:
+        log.error("%s", error)
+        return EXIT_USAGE
+    except AffectstreamError as error:
+        log.error("%s", error)
+        return EXIT_ERROR
+
+
+def _run(args: argparse.Namespace, environment: dict[str, str]) -> int:
+    from affectstream.runner import run_command
+
+    return run_command(args, environment)
+
+
+def _analyze(args: argparse.Namespace, environment: dict[str, str]) -> int:
+    from affectstream.runner import analyze_command
+
+    return analyze_command(args)
+
+
+def _bundle(args: argparse.Namespace, environment: dict[str, str]) -> int:
+    from affectstream.runner import bundle_command
+
+    return bundle_command(args)
+
+
+def _listen(args: argparse.Namespace, environment: dict[str, str]) -> int:
+    from affectstream.stream.listen import run_listen
+
+    return run_listen(args, environment)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

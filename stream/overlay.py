@@ -1,0 +1,91 @@
+"""`--show`: live overlays of the estimates on the sampled frames, in an OpenCV window.
+
+Drawing is a pure function (tested on arrays); only ``OverlayWindow.run`` touches the GUI, and it
+must run on the main thread, as OpenCV's HighGUI requires.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import cv2
+import numpy as np
+
+from affectstream.errors import MissingExtraError
+from affectstream.stream.frames import VideoFrame
+from affectstream.stream.messages import Message
+
+_BAR_COLOURS = [(60, 60, 230), (60, 200, 250), (80, 160, 60), (200, 120, 160), (200, 120, 40), (40, 200, 200)]
+
+
+def draw_overlay(image_rgb: np.ndarray, labels: tuple[str, ...], estimate: Message | None) -> np.ndarray:
+    """Return a BGR copy of the frame with one bar per label and the sentiment written on it."""
+    canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+    scale = max(1.0, 480 / max(1, canvas.shape[1]))
+    if scale > 1.0:
+        canvas = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    if estimate is None:
+        return canvas
+    scores: dict[str, Any] = estimate.get("scores", {})
+    bar_width = canvas.shape[1] // 3
+    for row, label in enumerate(labels):
+        value = float(scores.get(label, 0.0))
+        top = 10 + row * 18
+        cv2.rectangle(canvas, (10, top), (10 + int(bar_width * value), top + 12),
+                      _BAR_COLOURS[row % len(_BAR_COLOURS)], -1)
+        cv2.putText(canvas, f"{label} {value:.2f}", (14 + bar_width, top + 11),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    sentiment = float(estimate.get("sentiment", 0.0))
+    cv2.putText(canvas, f"sentiment {sentiment:+.2f}  t={estimate.get('ts', 0):.1f}s",
+                (10, 20 + len(labels) * 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return canvas
+
+
+def gui_available() -> bool:
+    """opencv-python-headless has no HighGUI; ``imshow`` there raises."""
+    info = cv2.getBuildInformation()
+    gui_line = next((line for line in info.splitlines() if line.strip().startswith("GUI:")), "")
+    return bool(gui_line) and "NONE" not in gui_line.upper()
+
+
+class OverlayWindow:
+    """Keeps the newest sampled frame and estimate per stream; shows them when ``run`` is called."""
+
+    def __init__(self, labels: tuple[str, ...]) -> None:
+        self._labels = labels
+        self._lock = threading.Lock()
+        self._frames: dict[str, np.ndarray] = {}
+        self._estimates: dict[str, Message] = {}
+
+    def on_frame(self, frame: VideoFrame) -> None:
+        with self._lock:
+            self._frames[frame.stream_id] = frame.image
+
+    def on_message(self, message: Message) -> None:
+        if message.get("type") == "estimate":
+            with self._lock:
+                self._estimates[message["stream"]] = message
+
+    def render(self, stream_id: str) -> np.ndarray | None:
+        with self._lock:
+            image = self._frames.get(stream_id)
+            estimate = self._estimates.get(stream_id)
+        return None if image is None else draw_overlay(image, self._labels, estimate)
+
+    def run(self, stop: threading.Event, done: threading.Event) -> None:
+        """Show one window per stream until stop/done is set or the user presses q or Esc."""
+        if not gui_available():
+            raise MissingExtraError("opencv-python", "gui", "--show (an OpenCV window)")
+        try:
+            while not stop.is_set() and not done.is_set():
+                with self._lock:
+                    stream_ids = list(self._frames)
+                for stream_id in stream_ids:
+                    canvas = self.render(stream_id)
+                    if canvas is not None:
+                        cv2.imshow(f"affectstream {stream_id}", canvas)
+                if cv2.waitKey(30) & 0xFF in (ord("q"), 27):
+                    stop.set()
+        finally:
+            cv2.destroyAllWindows()

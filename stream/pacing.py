@@ -1,0 +1,58 @@
+"""Real-time pacing of a file source, so that `affectstream run FILE` behaves like a live camera.
+
+A paced frame is released when the wall clock reaches its media time (relative to the first frame),
+and its capture time is the release time: the frame's age then means what it means for a camera.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Callable
+
+from affectstream.stream.frames import VideoFrame
+from affectstream.stream.sources import Source, SourceInfo
+
+
+class PacedSource:
+    """Wraps a source and sleeps (interruptibly) until each frame is due."""
+
+    def __init__(
+        self,
+        inner: Source,
+        stop: threading.Event,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+        speed: float = 1.0,
+    ) -> None:
+        self._inner = inner
+        self._stop = stop
+        self._clock_ns = clock_ns
+        self._speed = speed
+        self._origin: tuple[float, int] | None = None  # (first pts, monotonic ns at its release)
+
+    def __getattr__(self, name: str) -> object:
+        # Everything not about timing (stream_id, uri, is_live, damage, ...) is the inner source's.
+        return getattr(self._inner, name)
+
+    def open(self) -> SourceInfo:
+        self._origin = None
+        return self._inner.open()
+
+    def read(self) -> VideoFrame | None:
+        frame = self._inner.read()
+        if frame is None:
+            return None
+        now = self._clock_ns()
+        if self._origin is None or frame.pts < self._origin[0]:
+            # First frame, or media time went backwards (a new segment): restart the clock.
+            self._origin = (frame.pts, now)
+        first_pts, origin_ns = self._origin
+        due_ns = origin_ns + int((frame.pts - first_pts) / self._speed * 1e9)
+        if due_ns > now:
+            self._stop.wait((due_ns - now) / 1e9)
+        released = self._clock_ns()
+        return dataclasses.replace(frame, captured_ns=released, wall_ms=time.time_ns() // 1_000_000)
+
+    def close(self) -> None:
+        self._inner.close()

@@ -1,0 +1,436 @@
+"""The runtime: sources → ring buffers → samplers → batcher → encoder → head → sessions → sinks.
+
+Threads, one role each (every one is a thin adapter around a sans-I/O part):
+
+- a grabber per source (stream/grabber.py) keeps reading into that source's ring buffer;
+- a pump per source takes frames from the ring, keeps the sampled ones (MediaTimeSampler), bounds
+  how many frames of the stream are in flight, and hands them to the shared batch queue;
+- one inference worker takes batches across streams, encodes them in one call, and advances the
+  temporal head one step per frame, streams batched together;
+- one emitter turns results into protocol messages through each stream's StreamSession and
+  writes them to the sinks, and emits periodic `stats`.
+
+Source lifecycle events travel in-band: each is stamped with the ring's write count when it happened
+and is forwarded by the pump only once every frame written before it has been consumed, and then
+rides the batch queue behind those frames. So a stream's messages keep their causal order
+(stream_started, estimates, reconnecting, estimates, stream_ended), and the head is reset exactly
+between the frames of two connections.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from affectstream.engine.interfaces import ImageEncoder, TemporalHead
+from affectstream.errors import PipelineError
+from affectstream.stream.batcher import BatchConfig, BatchQueue
+from affectstream.stream.frames import OverflowPolicy, SourceEvent, SourceState, VideoFrame
+from affectstream.stream.grabber import Grabber
+from affectstream.stream.messages import Message, wall_ms
+from affectstream.stream.pacing import PacedSource
+from affectstream.stream.ring import RingBuffer
+from affectstream.stream.sampler import DEFAULT_FILE_RATE_HZ, DEFAULT_LIVE_RATE_HZ, MediaTimeSampler
+from affectstream.stream.session import AnalyticsConfig, StreamSession
+from affectstream.stream.sinks import Sink
+from affectstream.stream.sources import Source, SourceConfig, open_source
+from affectstream.stream.stats import StreamStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every runtime setting, read once by the CLI and passed down."""
+
+    rate_hz: float | None = None  # None: DEFAULT_LIVE_RATE_HZ for live sources, DEFAULT_FILE_RATE_HZ for files
+    pace_files: bool = True  # `run` plays files at their own speed; `analyze` and `--fast` do not
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    ring_capacity_live: int = 4
+    ring_capacity_file: int = 32
+    max_in_flight: int = 8  # sampled frames per stream between pump and emitter
+    stats_interval_s: float = 2.0
+
+    def rate_for(self, is_live: bool) -> float | None:
+        if self.rate_hz is not None:
+            return self.rate_hz if self.rate_hz > 0 else None
+        return DEFAULT_LIVE_RATE_HZ if is_live else DEFAULT_FILE_RATE_HZ
+
+
+@dataclass(frozen=True, slots=True)
+class SampledFrame:
+    """A sampled frame on its way through the batch queue."""
+
+    frame: VideoFrame
+    queued_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMarker:
+    """A source lifecycle event, in band with the frames of its stream."""
+
+    event: SourceEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What the inference worker hands to the emitter for one frame."""
+
+    frame: VideoFrame
+    scores: np.ndarray
+    sentiment: float
+    stage_ms: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDone:
+    """Per batch, for stats."""
+
+    size: int
+
+
+_IDLE = BatchDone(0)  # what the emitter sees when nothing arrived for a while
+_Outbox = queue.SimpleQueue[Estimate | StreamMarker | BatchDone | None]
+
+
+class _StreamRuntime:
+    """Everything the pipeline keeps for one stream."""
+
+    def __init__(self, stream_id: str, uri: str, ring: RingBuffer, is_live: bool, max_in_flight: int) -> None:
+        self.stream_id = stream_id
+        self.uri = uri
+        self.ring = ring
+        self.is_live = is_live
+        self.in_flight = threading.BoundedSemaphore(max_in_flight)
+        self.pending_events: collections.deque[tuple[int, SourceEvent]] = collections.deque()
+        self.events_lock = threading.Lock()
+        self.dropped_in_flight = 0  # live frames dropped because the encoder was behind
+        self.sampled = 0
+        self.finished = threading.Event()  # the terminal event has passed the emitter
+        self.grabber: Grabber | None = None
+        self.pump: threading.Thread | None = None
+
+
+def is_live_uri(uri: str) -> bool:
+    """Webcams and network URLs are live; anything else is a file."""
+    lowered = uri.lower()
+    return uri.isdigit() or lowered.startswith(("/dev/video", "rtsp://", "rtsps://", "rtmp://", "http://",
+                                                "https://", "udp://", "srt://"))
+
+
+class Pipeline:
+    """Runs any number of sources through one encoder and head; see the module docstring."""
+
+    def __init__(
+        self,
+        sources: Sequence[tuple[str, str]],
+        encoder: ImageEncoder,
+        head: TemporalHead,
+        sink: Sink,
+        labels: tuple[str, ...],
+        config: PipelineConfig,
+        source_factory: Callable[[str, str, SourceConfig], Source] = open_source,
+    ) -> None:
+        if not sources:
+            raise PipelineError("no source given: pass at least one file, camera or URL")
+        ids = [stream_id for stream_id, _ in sources]
+        if len(set(ids)) != len(ids):
+            raise PipelineError(f"stream ids must be unique, got {ids}")
+        self._encoder = encoder
+        self._head = head
+        self._head_lock = threading.Lock()
+        self._sink = sink
+        self._labels = labels
+        self._config = config
+        self._source_factory = source_factory
+        self._stop = threading.Event()
+        self._batches = BatchQueue(config.batch.max_batch, config.batch.max_wait_ms)
+        self._outbox: _Outbox = queue.SimpleQueue()
+        self._streams: dict[str, _StreamRuntime] = {}
+        for stream_id, uri in sources:
+            live = is_live_uri(uri)
+            policy = OverflowPolicy.DROP_OLDEST if live else OverflowPolicy.WAIT
+            capacity = config.ring_capacity_live if live else config.ring_capacity_file
+            self._streams[stream_id] = _StreamRuntime(
+                stream_id, uri, RingBuffer(capacity, policy), live, config.max_in_flight
+            )
+        self._sessions = {sid: StreamSession(sid, labels, config.analytics) for sid in self._streams}
+        self._stats = {sid: StreamStats() for sid in self._streams}
+        self._threads: list[threading.Thread] = []
+        self._started = False
+        self._done = threading.Event()
+        self.on_message: Callable[[Message], None] | None = None  # extra tap, e.g. the --show overlay
+        self.on_frame: Callable[[VideoFrame], None] | None = None  # sampled frames, e.g. for --show
+
+    @property
+    def stream_ids(self) -> list[str]:
+        return list(self._streams)
+
+    def start(self) -> None:
+        if self._started:
+            raise PipelineError("a pipeline can be started once")
+        self._started = True
+        self._spawn("affectstream-infer", self._infer_loop)
+        self._spawn("affectstream-emit", self._emit_loop)
+        for runtime in self._streams.values():
+            runtime.grabber = Grabber(
+                runtime.stream_id,
+                self._make_source_factory(runtime),
+                runtime.ring,
+                lambda event, rt=runtime: self._on_source_event(rt, event),
+                self._config.source,
+                stop_event=self._stop,
+            )
+            runtime.grabber.start()
+            runtime.pump = self._spawn(f"affectstream-pump-{runtime.stream_id}", self._pump_loop, runtime)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every source has ended and its last message is written; False on timeout."""
+        return self._done.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the sources, let what is in flight finish, flush the sinks. Safe to call twice."""
+        self._stop.set()
+        for runtime in self._streams.values():
+            if runtime.grabber is not None:
+                runtime.grabber.stop()
+        self._done.wait(timeout)
+        self._batches.close()
+        self._outbox.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+        self._sink.flush()
+
+    def __enter__(self) -> "Pipeline":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- wiring ---------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: object) -> threading.Thread:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return thread
+
+    def _make_source_factory(self, runtime: _StreamRuntime) -> Callable[[], Source]:
+        def factory() -> Source:
+            source = self._source_factory(runtime.uri, runtime.stream_id, self._config.source)
+            if self._config.pace_files and not runtime.is_live:
+                return PacedSource(source, self._stop)  # type: ignore[return-value]
+            return source
+
+        return factory
+
+    def _on_source_event(self, runtime: _StreamRuntime, event: SourceEvent) -> None:
+        # Called on the grabber thread. Stamp the event with how many frames were written before it.
+        with runtime.events_lock:
+            runtime.pending_events.append((runtime.ring.counters().written, event))
+
+    def _release_events(self, runtime: _StreamRuntime) -> bool:
+        """Forward events whose preceding frames are all consumed; True once a terminal one passed."""
+        counters = runtime.ring.counters()
+        consumed = counters.read + counters.overwritten
+        terminal = False
+        with runtime.events_lock:
+            while runtime.pending_events and runtime.pending_events[0][0] <= consumed:
+                _, event = runtime.pending_events.popleft()
+                self._batches.put(StreamMarker(event))
+                terminal = terminal or event.state in (SourceState.ENDED, SourceState.FAILED)
+        return terminal
+
+    # -- pump: ring → sampler → batch queue -----------------------------------------------------
+
+    def _pump_loop(self, runtime: _StreamRuntime) -> None:
+        sampler: MediaTimeSampler | None = None
+        try:
+            while True:
+                if self._release_events(runtime):
+                    return
+                frame = runtime.ring.get(timeout=0.05)
+                if frame is None:
+                    continue
+                if sampler is None:
+                    sampler = MediaTimeSampler(self._config.rate_for(runtime.is_live))
+                if not sampler.offer(frame.pts):
+                    continue
+                self._release_events(runtime)  # a reconnect marker must precede the new frames
+                if not self._acquire_slot(runtime):
+                    continue
+                runtime.sampled += 1
+                if self.on_frame is not None:
+                    self.on_frame(frame)
+                self._batches.put(SampledFrame(frame, time.monotonic_ns()))
+        except Exception:  # a broken pump must not take the process down; the stream ends with an error
+            log.exception("pump of stream %s failed", runtime.stream_id)
+            failure = SourceEvent(runtime.stream_id, SourceState.FAILED, wall_ms(), detail="internal pump error")
+            self._batches.put(StreamMarker(failure))
+
+    def _acquire_slot(self, runtime: _StreamRuntime) -> bool:
+        if runtime.is_live:
+            # A live stream never waits for the encoder: a frame that finds no slot is dropped, so
+            # the frames that are analysed stay fresh.
+            if runtime.in_flight.acquire(blocking=False):
+                return True
+            runtime.dropped_in_flight += 1
+            return False
+        while not runtime.in_flight.acquire(timeout=0.1):
+            if self._stop.is_set():
+                return False
+        return True
+
+    # -- inference worker: batch → encoder → head ------------------------------------------------
+
+    def _infer_loop(self) -> None:
+        while True:
+            batch = self._batches.get_batch(timeout=0.1)
+            if not batch:
+                if self._batches.closed:
+                    return
+                continue
+            try:
+                self._infer_batch(batch)
+            except Exception:
+                log.exception("inference failed on a batch of %d", len(batch))
+                for item in batch:
+                    if isinstance(item, SampledFrame):
+                        self._streams[item.frame.stream_id].in_flight.release()
+                    else:
+                        self._outbox.put(item)
+
+    def _infer_batch(self, batch: list[SampledFrame | StreamMarker]) -> None:
+        frames = [item for item in batch if isinstance(item, SampledFrame)]
+        started = time.monotonic_ns()
+        features = self._encoder.encode([item.frame.image for item in frames]) if frames else None
+        encoded = time.monotonic_ns()
+        encode_ms = (encoded - started) / 1e6
+        row_of = {id(item): row for row, item in enumerate(frames)}
+        wave: list[SampledFrame] = []
+        for item in batch:
+            if isinstance(item, StreamMarker):
+                self._flush_wave(wave, features, row_of, started, encode_ms, len(frames))
+                wave = []
+                self._apply_marker(item)
+                self._outbox.put(item)
+            else:
+                if any(queued.frame.stream_id == item.frame.stream_id for queued in wave):
+                    self._flush_wave(wave, features, row_of, started, encode_ms, len(frames))
+                    wave = []
+                wave.append(item)
+        self._flush_wave(wave, features, row_of, started, encode_ms, len(frames))
+        self._outbox.put(BatchDone(len(frames)))
+
+    def _flush_wave(self, wave: list[SampledFrame], features: np.ndarray | None, row_of: dict[int, int],
+                    batch_started_ns: int, encode_ms: float, batch_size: int) -> None:
+        if not wave or features is None:
+            return
+        rows = features[[row_of[id(item)] for item in wave]]
+        head_started = time.monotonic_ns()
+        with self._head_lock:
+            output = self._head.step([item.frame.stream_id for item in wave], rows)
+        head_ms = (time.monotonic_ns() - head_started) / 1e6
+        for i, item in enumerate(wave):
+            stage_ms = {
+                "queue": (batch_started_ns - item.frame.captured_ns) / 1e6,
+                "encode": encode_ms,
+                "head": head_ms,
+                "batch": float(batch_size),
+            }
+            self._outbox.put(Estimate(item.frame, output.scores[i], float(output.sentiment[i]), stage_ms))
+
+    def _apply_marker(self, marker: StreamMarker) -> None:
+        # A new connection starts a new temporal context; state from before a gap is meaningless.
+        if marker.event.state in (SourceState.RECONNECTING, SourceState.RUNNING):
+            with self._head_lock:
+                self._head.reset(marker.event.stream_id)
+
+    # -- emitter: results → sessions → sinks ------------------------------------------------------
+
+    def _emit_loop(self) -> None:
+        next_stats = time.monotonic() + self._config.stats_interval_s
+        last_ts = {sid: 0.0 for sid in self._streams}
+        while True:
+            try:
+                item = self._outbox.get(timeout=0.1)
+            except queue.Empty:
+                item = _IDLE
+            if item is None:
+                return
+            try:
+                if item is not _IDLE:
+                    self._emit_item(item, last_ts)
+                if time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + self._config.stats_interval_s
+                    self._emit_stats(last_ts)
+                if not self._done.is_set() and all(rt.finished.is_set() for rt in self._streams.values()):
+                    self._emit_stats(last_ts)
+                    self._sink.flush()
+                    self._done.set()
+            except Exception:  # one bad message must not end the emitter: log and go on
+                log.exception("emitting a message failed")
+
+    def _emit_item(self, item: Estimate | StreamMarker | BatchDone, last_ts: dict[str, float]) -> None:
+        if isinstance(item, BatchDone):
+            if item.size:
+                for stats in self._stats.values():
+                    stats.record_batch(item.size)
+            return
+        if isinstance(item, StreamMarker):
+            self._emit_marker(item, last_ts)
+            return
+        frame = item.frame
+        runtime = self._streams[frame.stream_id]
+        runtime.in_flight.release()
+        now_ns = time.monotonic_ns()
+        age_ms = (now_ns - frame.captured_ns) / 1e6
+        stage_ms = {key: round(value, 3) for key, value in item.stage_ms.items() if key != "batch"}
+        last_ts[frame.stream_id] = frame.pts
+        session = self._sessions[frame.stream_id]
+        messages = session.on_estimate(frame.pts, wall_ms(), item.scores, item.sentiment,
+                                       latency_ms=stage_ms, age_ms=round(age_ms, 3))
+        self._stats[frame.stream_id].record_estimate(frame.pts, age_ms, item.stage_ms)
+        self._write(messages)
+        self._write(self._drop_messages(runtime, frame.pts))
+
+    def _emit_marker(self, marker: StreamMarker, last_ts: dict[str, float]) -> None:
+        event = marker.event
+        runtime = self._streams[event.stream_id]
+        ts = last_ts[event.stream_id]
+        self._write(self._sessions[event.stream_id].on_source_event(event, ts))
+        if event.state in (SourceState.ENDED, SourceState.FAILED):
+            self._write(self._drop_messages(runtime, ts))
+            self._write(self._sessions[event.stream_id].finish(ts, wall_ms()))
+            runtime.finished.set()
+
+    def _drop_messages(self, runtime: _StreamRuntime, ts: float) -> list[Message]:
+        dropped = runtime.ring.counters().overwritten + runtime.dropped_in_flight
+        return self._sessions[runtime.stream_id].on_drops(ts, wall_ms(), dropped)
+
+    def _emit_stats(self, last_ts: dict[str, float]) -> None:
+        for stream_id, runtime in self._streams.items():
+            counters = runtime.ring.counters()
+            fields = self._stats[stream_id].snapshot(
+                written=counters.written,
+                sampled=runtime.sampled,
+                dropped=counters.overwritten + runtime.dropped_in_flight,
+                queue_depth=len(runtime.ring) + self._batches.pending,
+            )
+            self._write([self._sessions[stream_id].stats(last_ts[stream_id], wall_ms(), **fields)])
+
+    def _write(self, messages: list[Message]) -> None:
+        for message in messages:
+            self._sink.write(message)
+            if self.on_message is not None:
+                self.on_message(message)
