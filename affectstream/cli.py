@@ -15,7 +15,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from affectstream._version import __version__
 from affectstream.errors import AffectstreamError, ConfigError, MissingExtraError, ModelError
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_optional_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _add_optional_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Commands whose modules register their own arguments."""
     from affectstream.stream.listen import add_listen_parser
 

@@ -136,7 +136,13 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
         server = server_from_args(args, environment, engine, [sid for sid, _ in sources])
         sinks.append(server)
     sink = FanoutSink(sinks)
-    pipeline = Pipeline(sources, engine.encoder, engine.head, sink, engine.labels, config)
+    first_seqs: dict[str, int] = {}
+    if server is not None:
+        server.start()
+        log.info("dashboard and websocket at http://%s:%d/", args.host, server.port)
+        first_seqs = {sid: server.next_seq(sid) for sid, _ in sources}
+    pipeline = Pipeline(sources, engine.encoder, engine.head, sink, engine.labels, config,
+                        first_seqs=first_seqs)
     overlay = None
     if args.show:
         from affectstream.stream.overlay import OverlayWindow
@@ -145,9 +151,6 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
         pipeline.on_frame = overlay.on_frame
         pipeline.on_message = overlay.on_message
     _install_sigterm()
-    if server is not None:
-        server.start()
-        log.info("dashboard and websocket at http://%s:%d/", args.host, server.port)
     pipeline.start()
     interrupted = False
     try:

@@ -6,8 +6,9 @@ The runtime (``affectstream.stream``) and training both talk to these protocols 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 

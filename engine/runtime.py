@@ -39,8 +39,8 @@ def load_engine(choice: EngineChoice) -> Engine:
     """Build the encoder and head the user asked for; the bundle wins over ``--model`` for the backbone."""
     from affectstream.engine.bundle import load_bundle
     from affectstream.engine.encoder import TorchEncoder, resolve_device
-    from affectstream.engine.heads import ZeroShotConfig
-    from affectstream.engine.models import ModelSpec
+    from affectstream.engine.heads import ZeroShotConfig, ZeroShotHead
+    from affectstream.engine.models import ModelSpec, build_clip
 
     device = resolve_device(choice.device)
     zero_shot = ZeroShotConfig(dynamic_threshold=choice.dynamic_threshold)
@@ -56,45 +56,40 @@ def load_engine(choice: EngineChoice) -> Engine:
 
         raise ConfigError("--head lstm needs a trained bundle: pass --bundle DIR (made by `affectstream train`)")
     spec = ModelSpec.from_preset(choice.model or DEFAULT_MODEL)
-    bundle = zero_shot_bundle_in_memory(spec, device)
-    encoder = TorchEncoder.from_spec(spec, device=device)
-    head = bundle.build_head("zero-shot", zero_shot_config=zero_shot, device=device)
+    # One CLIP build serves both towers: the text tower gives the class embeddings once, then the
+    # encoder keeps the vision tower and the rest is freed.
+    model = build_clip(spec, device=device)
+    texts = zero_shot_texts(model, spec)
+    head = ZeroShotHead(texts["emotion_embeddings"], texts["sentiment_embeddings"], zero_shot,
+                        texts["logit_scale"])
+    encoder = TorchEncoder.from_model(model, spec, device)
     return Engine(encoder, head, EMOTIONS, {"backbone": spec.name, "head": head.name})
 
 
-def zero_shot_bundle_in_memory(spec: Any, device: str) -> Any:
-    """Text embeddings of the prompt ensembles for ``spec``, as a bundle kept in a temporary directory."""
-    import tempfile
+def zero_shot_texts(model: Any, spec: Any) -> dict[str, Any]:
+    """Class text embeddings of the prompt ensembles and the model's logit scale."""
+    import open_clip
 
-    from affectstream.engine.bundle import load_bundle
+    from affectstream.engine.prompts import emotion_prompts, sentiment_prompts
+    from affectstream.engine.text import encode_prompt_ensembles, logit_scale
 
-    directory = Path(tempfile.mkdtemp(prefix="affectstream-bundle-")) / "bundle"
-    create_zero_shot_bundle(spec, directory, device)
-    return load_bundle(directory)
+    tokenizer = open_clip.get_tokenizer(spec.arch)
+    emotions = emotion_prompts()
+    sentiments = sentiment_prompts()
+    return {
+        "emotion_embeddings": encode_prompt_ensembles(model, tokenizer, emotions),
+        "sentiment_embeddings": encode_prompt_ensembles(model, tokenizer, sentiments),
+        "logit_scale": logit_scale(model),
+        "prompts": {"emotions": emotions, "sentiment": sentiments},
+    }
 
 
 def create_zero_shot_bundle(spec: Any, out: Path, device: str = "cpu") -> Path:
     """Compute the class text embeddings once (full CLIP model, text tower) and save a bundle."""
-    import open_clip
-
     from affectstream.engine.bundle import save_bundle
     from affectstream.engine.models import build_clip
-    from affectstream.engine.prompts import emotion_prompts, sentiment_prompts
-    from affectstream.engine.text import encode_prompt_ensembles, logit_scale
 
-    model = build_clip(spec, device=device)
-    tokenizer = open_clip.get_tokenizer(spec.arch)
-    emotions = emotion_prompts()
-    sentiments = sentiment_prompts()
-    emotion_embeddings = encode_prompt_ensembles(model, tokenizer, emotions)
-    sentiment_embeddings = encode_prompt_ensembles(model, tokenizer, sentiments)
-    path = save_bundle(
-        out,
-        backbone=spec.to_manifest(),
-        emotion_embeddings=emotion_embeddings,
-        sentiment_embeddings=sentiment_embeddings,
-        logit_scale=logit_scale(model),
-        prompts={"emotions": emotions, "sentiment": sentiments},
-    )
+    texts = zero_shot_texts(build_clip(spec, device=device), spec)
+    path = save_bundle(out, backbone=spec.to_manifest(), **texts)
     log.info("zero-shot bundle for %s written to %s", spec.name, path)
     return Path(path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from affectstream.stream.frames import VideoFrame
 from affectstream.stream.sources import Source, SourceInfo

@@ -24,8 +24,8 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -139,6 +139,7 @@ class Pipeline:
         labels: tuple[str, ...],
         config: PipelineConfig,
         source_factory: Callable[[str, str, SourceConfig], Source] = open_source,
+        first_seqs: Mapping[str, int] | None = None,
     ) -> None:
         if not sources:
             raise PipelineError("no source given: pass at least one file, camera or URL")
@@ -163,7 +164,13 @@ class Pipeline:
             self._streams[stream_id] = _StreamRuntime(
                 stream_id, uri, RingBuffer(capacity, policy), live, config.max_in_flight
             )
-        self._sessions = {sid: StreamSession(sid, labels, config.analytics) for sid in self._streams}
+        # A server with an event log hands over where each stream's numbering left off, so that
+        # `resume` from a seq keeps working across restarts of affectstream.
+        first_seqs = first_seqs or {}
+        self._sessions = {
+            sid: StreamSession(sid, labels, config.analytics, first_seq=first_seqs.get(sid, 0))
+            for sid in self._streams
+        }
         self._stats = {sid: StreamStats() for sid in self._streams}
         self._threads: list[threading.Thread] = []
         self._started = False
@@ -210,7 +217,7 @@ class Pipeline:
             thread.join(timeout)
         self._sink.flush()
 
-    def __enter__(self) -> "Pipeline":
+    def __enter__(self) -> Pipeline:
         self.start()
         return self
 

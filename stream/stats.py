@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 
-def percentiles(values: "collections.deque[float] | list[float]") -> dict[str, float]:
+def percentiles(values: collections.deque[float] | list[float]) -> dict[str, float]:
     if not values:
         return {}
     p50, p95, p99 = np.percentile(np.asarray(values, dtype=np.float64), [50, 95, 99])

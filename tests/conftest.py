@@ -1,3 +1,42 @@
-"""Shared fixtures: generated videos and the tiny-random model."""
+"""Shared fixtures: generated videos and the tiny-random engine (built once per session)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from affectstream.engine.runtime import Engine, EngineChoice, load_engine
+
+
+@pytest.fixture(scope="session")
+def tiny_engine() -> Engine:
+    """The zero-shot engine on the tiny-random preset (CPU)."""
+    return load_engine(EngineChoice(model="tiny-random", device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def video_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("videos")
+
+
+@pytest.fixture(scope="session")
+def short_video(video_dir: Path) -> Path:
+    """4 s at 10 fps, 160x120, visibly changing."""
+    from tests.media import make_video
+
+    return make_video(video_dir / "short.avi", seconds=4.0, fps=10, size=(160, 120))
+
+
+@pytest.fixture(scope="session")
+def other_video(video_dir: Path) -> Path:
+    """A different 3 s video, so that two streams see different content."""
+    from tests.media import make_video
+
+    return make_video(video_dir / "other.avi", seconds=3.0, fps=15, size=(128, 96), pattern="other")
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path

@@ -1,0 +1,5 @@
+import sys
+
+from affectstream.cli import main
+
+sys.exit(main())

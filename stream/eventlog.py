@@ -1,0 +1,193 @@
+"""The event log: every event and summary (and, if asked, recent estimates) in SQLite, for `resume`.
+
+Rows are keyed by (stream, seq), the message's own per-stream sequence number, and hold the exact JSON
+text that was sent live, so that a replay is byte-for-byte what a connected client would have seen.
+The log is written from one thread at a time (the server's event loop); ``check_same_thread`` is off
+only so that it can be opened in one thread and used in another.
+
+``path=None`` keeps the log in memory (lost at exit); a file path survives restarts, which is what
+makes resume across a server restart possible.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from affectstream.errors import ConfigError
+from affectstream.stream.messages import Message, MessageType, encode
+
+log = logging.getLogger(__name__)
+
+# Message types the log always keeps: they are never coalesced, so resume must be able to replay them.
+DURABLE_TYPES: frozenset[str] = frozenset({MessageType.EVENT.value, MessageType.SUMMARY.value})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    wall INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (stream, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS messages_by_wall ON messages (wall);
+CREATE TABLE IF NOT EXISTS pruned (
+    stream TEXT PRIMARY KEY,
+    through_seq INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One row of the log: the message's text as sent live, with its key."""
+
+    stream: str
+    seq: int
+    type: str
+    text: str
+
+    def message(self) -> Message:
+        decoded: Message = json.loads(self.text)
+        return decoded
+
+
+@dataclass(frozen=True)
+class EventLogConfig:
+    path: Path | None = None  # None: in memory
+    retention_s: float = 24 * 3600.0  # events and summaries older than this are pruned
+    estimate_retention_s: float = 0.0  # 0: estimates are not stored at all
+
+    def __post_init__(self) -> None:
+        if self.retention_s <= 0:
+            raise ConfigError(f"event log retention must be > 0 s, got {self.retention_s}")
+        if self.estimate_retention_s < 0:
+            raise ConfigError(f"estimate retention must be >= 0 s, got {self.estimate_retention_s}")
+
+
+class EventLog:
+    """Append-only store of durable messages, replayable per stream from a sequence number."""
+
+    def __init__(self, config: EventLogConfig, clock_ms: Callable[[], int] | None = None) -> None:
+        self.config = config
+        self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        target = ":memory:" if config.path is None else str(config.path)
+        if config.path is not None:
+            config.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as error:
+            raise ConfigError(f"cannot open the event log {target!r} ({error}): pass a writable "
+                              "--event-log path") from error
+        if config.path is not None:
+            # WAL + NORMAL: a crash may lose the last transaction but never corrupts the log.
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        self._last_prune_ms = 0
+        self.ignored_duplicates = 0
+
+    def stores(self, message: Message) -> bool:
+        kind = message.get("type")
+        if "stream" not in message or not isinstance(message.get("seq"), int):
+            return False
+        return kind in DURABLE_TYPES or (kind == MessageType.ESTIMATE.value and self.config.estimate_retention_s > 0)
+
+    def append(self, messages: Iterable[tuple[Message, str]]) -> int:
+        """Store the durable ones of (message, its JSON text) in one transaction; returns how many."""
+        rows = [(m["stream"], m["seq"], m["type"], int(m.get("wall", self._clock_ms())), text)
+                for m, text in messages if self.stores(m)]
+        if not rows:
+            return 0
+        with self._transaction():
+            before = self._db.total_changes
+            self._db.executemany("INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?)", rows)
+            stored = self._db.total_changes - before
+        if stored < len(rows):
+            # A pipeline restarted from seq 0 over an existing log: its messages would shadow nothing,
+            # so they are ignored here; the lead's runner starts numbering at next_seq() instead.
+            self.ignored_duplicates += len(rows) - stored
+            log.warning("event log: %d message(s) reused a stored (stream, seq) and were not stored; "
+                        "start stream numbering at EventLog.next_seq()", len(rows) - stored)
+        self._maybe_prune()
+        return stored
+
+    def append_message(self, message: Message) -> int:
+        return self.append([(message, encode(message))])
+
+    def since(self, stream: str, after_seq: int, limit: int = 500) -> list[StoredMessage]:
+        """Stored messages of ``stream`` with seq > ``after_seq``, oldest first, at most ``limit``."""
+        rows = self._db.execute(
+            "SELECT stream, seq, type, body FROM messages WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (stream, after_seq, limit),
+        ).fetchall()
+        return [StoredMessage(*row) for row in rows]
+
+    def pruned_through(self, stream: str) -> int:
+        """Highest seq of ``stream`` removed by retention (-1: nothing removed)."""
+        row = self._db.execute("SELECT through_seq FROM pruned WHERE stream = ?", (stream,)).fetchone()
+        return -1 if row is None else int(row[0])
+
+    def next_seq(self, stream: str) -> int:
+        """The seq a restarted pipeline should give its next message of ``stream``."""
+        row = self._db.execute("SELECT MAX(seq) FROM messages WHERE stream = ?", (stream,)).fetchone()
+        stored = -1 if row is None or row[0] is None else int(row[0])
+        return max(stored, self.pruned_through(stream)) + 1
+
+    def streams(self) -> list[str]:
+        return [row[0] for row in self._db.execute("SELECT DISTINCT stream FROM messages ORDER BY stream")]
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+
+    def prune(self, now_ms: int | None = None) -> int:
+        """Remove what retention no longer keeps; returns the number of rows removed."""
+        now = self._clock_ms() if now_ms is None else now_ms
+        cutoffs = [(MessageType.ESTIMATE.value, now - int(self.config.estimate_retention_s * 1000))]
+        cutoffs += [(kind, now - int(self.config.retention_s * 1000)) for kind in sorted(DURABLE_TYPES)]
+        removed = 0
+        with self._transaction():
+            for kind, cutoff in cutoffs:
+                self._record_pruned(kind, cutoff)
+                removed += self._db.execute("DELETE FROM messages WHERE type = ? AND wall < ?",
+                                            (kind, cutoff)).rowcount
+        self._last_prune_ms = now
+        return removed
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _record_pruned(self, kind: str, cutoff: int) -> None:
+        # Only durable types matter for gaps: estimates may be coalesced anyway.
+        if kind not in DURABLE_TYPES:
+            return
+        self._db.execute(
+            "INSERT INTO pruned SELECT stream, MAX(seq) FROM messages WHERE type = ? AND wall < ? "
+            "GROUP BY stream ON CONFLICT(stream) DO UPDATE SET through_seq = MAX(through_seq, excluded.through_seq)",
+            (kind, cutoff),
+        )
+
+    def _maybe_prune(self) -> None:
+        now = self._clock_ms()
+        if now - self._last_prune_ms >= 10_000:  # retention is coarse: prune at most every 10 s
+            self.prune(now)
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")

@@ -1,0 +1,231 @@
+"""The grabber: one thread per source that keeps reading frames into that source's ring buffer.
+
+Lifecycle (every move checked with ``check_transition`` and reported as a ``SourceEvent``)::
+
+    NOT_STARTED -> OPENING -> RUNNING ("stream_started") -> ENDED   (a file's end, or stop())
+                      |          |
+                      |          +-> RECONNECTING (live: read failed) -> OPENING -> RUNNING ...
+                      +-> FAILED (a file that cannot be opened; a live source out of reconnect attempts)
+
+A file ends with outcome ENDED, or TRUNCATED/CORRUPT when ``source.damage`` saw damage. A live source
+that fails is replaced by a fresh one from ``source_factory`` after an exponential backoff (sleeps
+are interruptible by ``stop()``). Whatever happens, the thread ends with a terminal event and closes
+the ring, so the reader of the ring always learns that the stream is over.
+
+``stop()`` takes effect between frames: a live source blocked in ``read()`` returns within its
+``read_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from affectstream.errors import SourceError, SourceOpenError, SourceOutcome
+from affectstream.stream.frames import OverflowPolicy, SourceEvent, SourceState, VideoFrame, check_transition
+from affectstream.stream.messages import wall_ms
+from affectstream.stream.sources import Source, SourceConfig
+
+log = logging.getLogger(__name__)
+
+_PUT_POLL_S = 0.1  # a writer blocked on a full WAIT ring rechecks stop() this often
+
+
+class FrameRing(Protocol):
+    """What the grabber needs of ``stream.ring.RingBuffer``."""
+
+    @property
+    def policy(self) -> OverflowPolicy: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def put(self, frame: VideoFrame, timeout: float | None = None) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class _Stopped(Exception):
+    """stop() was called, or the ring was closed by its reader."""
+
+
+class Grabber:
+    """Reads one source on its own thread; see the module docstring."""
+
+    def __init__(
+        self,
+        stream_id: str,
+        source_factory: Callable[[], Source],
+        ring: FrameRing,
+        on_event: Callable[[SourceEvent], None],
+        config: SourceConfig,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        self.stream_id = stream_id
+        self._source_factory = source_factory
+        self._ring = ring
+        self._on_event = on_event
+        self._config = config
+        self._stop = threading.Event()
+        self._external_stop = stop_event
+        self._state = SourceState.NOT_STARTED
+        self._state_lock = threading.Lock()
+        self._frames_read = 0
+        self._frames_since_open = 0
+        self._thread: threading.Thread | None = None
+
+    @property
+    def state(self) -> SourceState:
+        with self._state_lock:
+            return self._state
+
+    @property
+    def frames_read(self) -> int:
+        return self._frames_read
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"grabber of {self.stream_id} was already started")
+        self._thread = threading.Thread(target=self._run, name=f"affectstream-grab-{self.stream_id}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to finish (ENDED, outcome STOPPED); returns at once, see ``join``."""
+        self._stop.set()
+        if self._thread is None and self.state is SourceState.NOT_STARTED:
+            self._finish(SourceState.ENDED, SourceOutcome.STOPPED, "stopped before it started")
+            self._ring.close()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread; True once it has finished (or was never started)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    # -- the thread ------------------------------------------------------------------------------
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or (self._external_stop is not None and self._external_stop.is_set())
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except _Stopped:
+            self._finish(SourceState.ENDED, SourceOutcome.STOPPED, "stopped")
+        except Exception as exc:  # the thread must never die silently: the stream fails visibly
+            log.exception("grabber of %s failed", self.stream_id)
+            self._finish(SourceState.FAILED, None, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self._ring.close()
+
+    def _loop(self) -> None:
+        attempt = 0  # failed connections in a row (live sources)
+        while True:
+            self._check_stop()
+            self._move(SourceState.OPENING, attempt=attempt)
+            source = self._source_factory()
+            try:
+                failure = self._run_source(source)
+            finally:
+                source.close()
+            if failure is None:
+                return  # the file ended (terminal event already sent)
+            if self._frames_since_open:
+                attempt = 0  # it worked for a while: start the backoff afresh
+            attempt += 1
+            limit = self._config.max_reconnect_attempts
+            if limit is not None and attempt > limit:
+                self._finish(SourceState.FAILED, SourceOutcome.CONNECTION_LOST,
+                             f"gave up after {limit} reconnect attempts; last error: {failure}")
+                return
+            self._move(SourceState.RECONNECTING, outcome=failure.outcome, detail=str(failure), attempt=attempt)
+            delay = self._config.backoff_s(attempt)
+            log.info("%s: reconnecting in %.1f s (attempt %d): %s", self.stream_id, delay, attempt, failure)
+            self._sleep(delay)
+
+    def _run_source(self, source: Source) -> SourceError | None:
+        """Open and read ``source``; the error to reconnect on (live), or None when the stream is over."""
+        self._frames_since_open = 0
+        try:
+            info = source.open()
+        except SourceOpenError as exc:
+            if source.is_live:
+                return exc
+            self._finish(SourceState.FAILED, exc.outcome, str(exc))
+            return None
+        self._move(SourceState.RUNNING, detail=info.describe())
+        try:
+            self._read_all(source)
+        except SourceError as exc:
+            if source.is_live:
+                return exc
+            # A file that broke mid-way: what was read stands; the outcome says why it stopped.
+            self._finish(SourceState.ENDED, exc.outcome, f"{exc} ({source.damage.describe()})")
+            return None
+        if source.is_live:
+            return SourceError(f"{source.uri}: the stream ended", SourceOutcome.CONNECTION_LOST, source.uri)
+        damage = source.damage
+        self._finish(SourceState.ENDED, damage.outcome or SourceOutcome.ENDED, damage.describe())
+        return None
+
+    def _read_all(self, source: Source) -> None:
+        while True:
+            self._check_stop()
+            frame = source.read()
+            if frame is None:
+                return
+            if frame.index != self._frames_read:
+                # A fresh source after a reconnect counts from 0; the stream's frames stay consecutive.
+                frame = dataclasses.replace(frame, index=self._frames_read)
+            self._put(frame)
+            self._frames_read += 1
+            self._frames_since_open += 1
+
+    def _put(self, frame: VideoFrame) -> None:
+        if self._ring.policy is OverflowPolicy.DROP_OLDEST:
+            if not self._ring.put(frame):
+                raise _Stopped()
+            return
+        while not self._ring.put(frame, timeout=_PUT_POLL_S):
+            self._check_stop()
+            if self._ring.closed:
+                raise _Stopped()
+
+    def _check_stop(self) -> None:
+        if self._stopping():
+            raise _Stopped()
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early (and raising _Stopped) when stopped."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            # Our own event wakes the wait at once; a caller's stop_event is polled.
+            self._stop.wait(min(remaining, _PUT_POLL_S))
+            self._check_stop()
+
+    # -- state and events ------------------------------------------------------------------------
+
+    def _move(self, state: SourceState, outcome: SourceOutcome | None = None, detail: str = "",
+              attempt: int = 0) -> None:
+        with self._state_lock:
+            check_transition(self._state, state)
+            self._state = state
+        log.debug("%s: %s %s", self.stream_id, state.value, detail)
+        self._on_event(SourceEvent(self.stream_id, state, wall_ms(), outcome=outcome, detail=detail,
+                                   attempt=attempt, frames_read=self._frames_read))
+
+    def _finish(self, state: SourceState, outcome: SourceOutcome | None, detail: str) -> None:
+        """The terminal event, sent once (a second terminal move is ignored)."""
+        with self._state_lock:
+            if self._state in (SourceState.ENDED, SourceState.FAILED):
+                return
+        if state is SourceState.FAILED:
+            log.warning("%s failed (%s): %s", self.stream_id, outcome.value if outcome else "error", detail)
+        else:
+            log.info("%s ended (%s): %s", self.stream_id, outcome.value if outcome else "ended", detail)
+        self._move(state, outcome=outcome, detail=detail)

@@ -1,0 +1,202 @@
+"""`affectstream listen URL`: print a running server's messages, for people and for pipes.
+
+It subscribes to the streams and types asked for, prints each message (``--jsonl``: exactly as
+received, one JSON object per line), and when the connection drops it reconnects with backoff and
+resumes after the last seq it printed, so that a pipe sees every event and summary once. A `lagged`
+notice is answered with a `resume` the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from affectstream.errors import MissingExtraError
+from affectstream.stream.messages import Message
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_REJECTED = 0, 1, 2
+DATA_TYPES = ("hello", "estimate", "summary", "event", "stats")
+
+
+def add_listen_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("listen", help="print the messages of a running server (for piping)")
+    parser.add_argument("url", help="the server, e.g. ws://127.0.0.1:8765/ws (http:// and host:port work too)")
+    parser.add_argument("--types", default=None, metavar="T,T",
+                        help="only these message types: estimate,summary,event,stats (default: all)")
+    parser.add_argument("--streams", default=None, metavar="S,S", help="only these streams (default: all)")
+    parser.add_argument("--jsonl", action="store_true", help="one JSON object per line, exactly as received")
+    parser.add_argument("--token", default=None, help="the server's token (or AFFECTSTREAM_TOKEN)")
+    parser.add_argument("--resume", action="append", default=[], metavar="STREAM=SEQ",
+                        help="first replay the stored events and summaries after SEQ (-1: all kept)")
+    parser.add_argument("--count", type=int, default=None, metavar="N", help="exit after printing N messages")
+    parser.add_argument("--no-reconnect", action="store_true", help="exit when the connection drops")
+    return parser
+
+
+@dataclass
+class ListenOptions:
+    url: str
+    types: list[str] | None = None
+    streams: list[str] | None = None
+    jsonl: bool = False
+    count: int | None = None
+    reconnect: bool = True
+    resume: dict[str, int] = field(default_factory=dict)
+
+
+def options_from_args(args: argparse.Namespace, environment: dict[str, str]) -> ListenOptions:
+    token = args.token or environment.get("AFFECTSTREAM_TOKEN")
+    resume: dict[str, int] = {}
+    for item in args.resume:
+        stream, _, seq = item.rpartition("=")
+        try:
+            resume[stream] = int(seq)
+        except ValueError:
+            raise SystemExit(f"--resume takes STREAM=SEQ with an integer SEQ, got {item!r}") from None
+    return ListenOptions(
+        url=websocket_url(args.url, token), types=_split(args.types), streams=_split(args.streams),
+        jsonl=args.jsonl, count=args.count, reconnect=not args.no_reconnect, resume=resume,
+    )
+
+
+def websocket_url(url: str, token: str | None) -> str:
+    """ws:// URL for what the user typed: http(s):// maps to ws(s)://, a bare host:port gets ws:// and /ws."""
+    if "://" not in url:
+        url = "ws://" + url
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path if parts.path not in ("", "/") else "/ws"
+    query = parts.query
+    if token and "token=" not in query:
+        query = (query + "&" if query else "") + f"token={token}"
+    return urlunsplit((scheme, parts.netloc, path, query, ""))
+
+
+def run_listen(args: argparse.Namespace, environment: dict[str, str]) -> int:
+    try:
+        return Listener(options_from_args(args, environment), sys.stdout).run()
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+class Listener:
+    """The reconnecting client loop; ``out`` gets one line per message."""
+
+    def __init__(self, options: ListenOptions, out: IO[str]) -> None:
+        self.options = options
+        self.out = out
+        self.last_seq: dict[str, int] = dict(options.resume)
+        self.printed = 0
+
+    def run(self) -> int:
+        try:
+            from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+            from websockets.sync.client import connect
+        except ImportError as error:
+            raise MissingExtraError("websockets", "server", "affectstream listen") from error
+        attempts = 0
+        while True:
+            try:
+                with connect(self.options.url, open_timeout=10) as connection:
+                    attempts = 0
+                    if self._session(connection):
+                        return EXIT_OK
+            except InvalidStatus as error:
+                status = error.response.status_code
+                log.error("the server refused the connection (HTTP %d): %s", status,
+                          error.response.body.decode(errors="replace").strip())
+                if status in (401, 403):
+                    return EXIT_REJECTED
+            except InvalidURI as error:
+                log.error("%s: give a ws://host:port/ws URL", error)
+                return EXIT_REJECTED
+            except (OSError, ConnectionClosed, TimeoutError) as error:
+                log.warning("connection to %s lost or refused: %s", self.options.url, error)
+            if not self.options.reconnect:
+                return EXIT_FAILED
+            attempts += 1
+            delay = min(10.0, 0.25 * 2 ** attempts) * random.uniform(0.5, 1.0)
+            log.info("reconnecting in %.1f s (resuming after %s)", delay, self.last_seq)
+            time.sleep(delay)
+
+    def _session(self, connection: Any) -> bool:
+        """Talk to one connection until it closes; True when --count is reached."""
+        selection: dict[str, Any] = {}
+        if self.options.streams:
+            selection["streams"] = self.options.streams
+        if self.options.types:
+            selection["types"] = [t for t in self.options.types if t != "hello"]
+        if selection:
+            connection.send(json.dumps({"type": "subscribe", **selection}))
+        if self.last_seq:
+            connection.send(json.dumps({"type": "resume", "streams": self.last_seq}))
+        for text in connection:
+            message = json.loads(text)
+            if self._handle(connection, message, text):
+                return True
+        return False
+
+    def _handle(self, connection: Any, message: Message, text: str | bytes) -> bool:
+        kind = message.get("type")
+        if kind == "lagged":
+            after = {stream: info["resume_after"] for stream, info in message.get("streams", {}).items()}
+            log.warning("fell behind the server; resuming after %s", after)
+            connection.send(json.dumps({"type": "resume", "streams": after}))
+            return False
+        if kind == "error":
+            log.error("server: %s (%s)", message.get("message"), message.get("code"))
+            return False
+        if kind not in DATA_TYPES or (self.options.types and kind not in self.options.types):
+            return False  # subscribed acks, and types from a newer protocol
+        stream, seq = message.get("stream"), message.get("seq")
+        if isinstance(stream, str) and isinstance(seq, int):
+            if seq <= self.last_seq.get(stream, -2) and kind in ("event", "summary"):
+                return False  # already printed before a reconnect
+            self.last_seq[stream] = max(seq, self.last_seq.get(stream, -1))
+        line = text if self.options.jsonl and isinstance(text, str) else format_message(message)
+        self.out.write(line + "\n")
+        self.out.flush()
+        self.printed += 1
+        return self.options.count is not None and self.printed >= self.options.count
+
+
+def format_message(message: Message) -> str:
+    """One readable line: time, stream, type, and the message's gist."""
+    wall = message.get("wall")
+    when = datetime.fromtimestamp(wall / 1000).strftime("%H:%M:%S.%f")[:-3] if isinstance(wall, int) else "--"
+    kind = message.get("type")
+    head = f"{when} {message.get('stream', '-'):<10} {kind:<8}"
+    if kind == "estimate":
+        scores = message.get("scores") or {}
+        top = sorted(scores.items(), key=lambda item: -item[1])[:3]
+        gist = " ".join(f"{label}={value:.2f}" for label, value in top)
+        return f"{head} {gist} sentiment={message.get('sentiment', 0):+.2f}"
+    if kind == "event":
+        value = message.get("value")
+        shown = f" {value:.2f}" if isinstance(value, (int, float)) else ""
+        return f"{head} {message.get('kind')} {message.get('label') or ''}{shown}".rstrip()
+    if kind == "summary":
+        return f"{head} window={message.get('window_s')}s dominant={message.get('dominant')}"
+    if kind == "stats":
+        latency = message.get("latency_ms") or {}
+        return (f"{head} input={message.get('input_fps')}fps sampled={message.get('sampled_fps')}fps "
+                f"drops={message.get('drops')} p50={latency.get('p50')}ms p99={latency.get('p99')}ms")
+    if kind == "hello":
+        return f"{head} {message.get('server')} streams={','.join(message.get('streams') or [])}"
+    return f"{head} {json.dumps(message)}"
+
+
+def _split(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    return [item.strip() for item in value.split(",") if item.strip()]

@@ -1,0 +1,223 @@
+// affectstream dashboard: protocol v1 over one websocket; reconnects with backoff and resumes.
+"use strict";
+
+const COLORS = ["#ff5b5b", "#ffd24f", "#7ed957", "#b98cff", "#4fa3ff", "#ff9f43"];
+const SENTIMENT_COLOR = "#e6e9ee";
+const TIMELINE_MS = 60000;  // the longest span shown; a younger stream fills the width
+const MIN_TIMELINE_MS = 10000;
+const MAX_POINTS = 2000;
+const MAX_EVENTS = 100;
+
+const state = {
+  labels: ["anger", "happiness", "disgust", "fear", "sadness", "surprise"],
+  lastSeq: {},      // stream -> highest seq received: what a reconnect resumes after
+  cards: {},        // stream -> card state
+  socket: null,
+  attempts: 0,
+  dirty: new Set(),
+};
+
+function socketUrl() {
+  const params = new URLSearchParams(location.search);
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const token = params.get("token");
+  return `${scheme}://${location.host}/ws` + (token ? `?token=${encodeURIComponent(token)}` : "");
+}
+
+function setConnection(text, kind) {
+  const el = document.getElementById("connection");
+  el.textContent = text;
+  el.dataset.state = kind;
+}
+
+function connect() {
+  const socket = new WebSocket(socketUrl());
+  state.socket = socket;
+  setConnection("connecting…", "connecting");
+  socket.onopen = () => {
+    state.attempts = 0;
+    setConnection("live", "open");
+    if (Object.keys(state.lastSeq).length) {
+      socket.send(JSON.stringify({ type: "resume", streams: state.lastSeq }));
+    }
+  };
+  socket.onmessage = (event) => {
+    let message;
+    try { message = JSON.parse(event.data); } catch (error) { return; }
+    handle(message);
+  };
+  socket.onclose = () => {
+    state.socket = null;
+    // Exponential backoff with jitter, capped at 10 s, so that a restarting server is not stampeded.
+    const delay = Math.min(10000, 500 * 2 ** state.attempts) * (0.5 + Math.random() / 2);
+    state.attempts += 1;
+    setConnection(`reconnecting in ${(delay / 1000).toFixed(1)} s`, "closed");
+    setTimeout(connect, delay);
+  };
+}
+
+function handle(message) {
+  if (typeof message.stream === "string" && Number.isInteger(message.seq)) {
+    const last = state.lastSeq[message.stream];
+    state.lastSeq[message.stream] = last === undefined ? message.seq : Math.max(last, message.seq);
+  }
+  switch (message.type) {
+    case "hello": onHello(message); break;
+    case "estimate": onEstimate(message); break;
+    case "summary": onSummary(message); break;
+    case "event": onEvent(message); break;
+    case "stats": onStats(message); break;
+    case "lagged": onLagged(message); break;
+    default: break;  // unknown types and fields are ignored (protocol v1)
+  }
+}
+
+function onHello(message) {
+  if (Array.isArray(message.labels) && message.labels.length) state.labels = message.labels;
+  const model = message.model || {};
+  document.getElementById("model").textContent = [model.backbone, model.head].filter(Boolean).join(" · ");
+  (message.streams || []).forEach(card);
+  // On the first connection, show the events and summaries the server's log still keeps; on a
+  // reconnection, onopen has already asked for exactly what was missed.
+  const fresh = (message.streams || []).filter((stream) => state.lastSeq[stream] === undefined);
+  if (fresh.length && state.socket) {
+    const after = {};
+    fresh.forEach((stream) => { after[stream] = -1; });
+    state.socket.send(JSON.stringify({ type: "resume", streams: after }));
+  }
+}
+
+function onLagged(message) {
+  // We fell behind: ask for exactly what was missed, from the server's event log.
+  const after = {};
+  for (const [stream, info] of Object.entries(message.streams || {})) after[stream] = info.resume_after;
+  if (state.socket) state.socket.send(JSON.stringify({ type: "resume", streams: after }));
+}
+
+function card(stream) {
+  if (state.cards[stream]) return state.cards[stream];
+  document.getElementById("empty")?.remove();
+  const node = document.getElementById("stream-card").content.firstElementChild.cloneNode(true);
+  node.dataset.stream = stream;
+  node.querySelector(".name").textContent = stream;
+  const bars = node.querySelector(".bars");
+  const legend = node.querySelector(".legend");
+  const fills = {};
+  const values = {};
+  const series = [...state.labels, "sentiment"];
+  series.forEach((label, index) => {
+    const color = label === "sentiment" ? SENTIMENT_COLOR : COLORS[index % COLORS.length];
+    const row = document.createElement("div");
+    row.className = "bar" + (label === "sentiment" ? " sentiment" : "");
+    row.dataset.label = label;
+    row.innerHTML = `<span class="label"></span><span class="track"><span class="fill"></span></span><span class="value">–</span>`;
+    row.querySelector(".label").textContent = label;
+    row.style.setProperty("--color", color);
+    bars.appendChild(row);
+    fills[label] = row.querySelector(".fill");
+    values[label] = row.querySelector(".value");
+    const key = document.createElement("span");
+    const swatch = document.createElement("i");
+    swatch.style.background = color;  // CSSOM, not an inline style attribute: allowed by the page's CSP
+    key.append(swatch, label);
+    legend.appendChild(key);
+  });
+  document.getElementById("streams").appendChild(node);
+  const entry = { node, fills, values, series, points: [], canvas: node.querySelector(".timeline") };
+  state.cards[stream] = entry;
+  return entry;
+}
+
+function onEstimate(message) {
+  const entry = card(message.stream);
+  const scores = message.scores || {};
+  for (const label of state.labels) {
+    const value = Number(scores[label] ?? 0);
+    entry.fills[label].style.width = `${(Math.max(0, Math.min(1, value)) * 100).toFixed(1)}%`;
+    entry.values[label].textContent = value.toFixed(2);
+  }
+  const sentiment = Number(message.sentiment ?? 0);
+  const fill = entry.fills.sentiment;
+  const width = Math.min(1, Math.abs(sentiment)) * 50;
+  fill.style.width = `${width.toFixed(1)}%`;
+  fill.style.left = sentiment < 0 ? `${50 - width}%` : "50%";
+  entry.values.sentiment.textContent = sentiment.toFixed(2);
+  entry.points.push({ wall: message.wall, scores, sentiment });
+  if (entry.points.length > MAX_POINTS) entry.points.splice(0, entry.points.length - MAX_POINTS);
+  entry.canvas.dataset.points = String(entry.points.length);
+  entry.canvas.dataset.lastWall = String(message.wall);
+  state.dirty.add(message.stream);
+}
+
+function onSummary(message) {
+  const entry = card(message.stream);
+  const dominant = message.dominant ?? message.dominant_label;
+  if (dominant) entry.node.querySelector(".dominant").textContent = `mostly ${dominant}`;
+}
+
+function onEvent(message) {
+  const entry = card(message.stream);
+  const list = entry.node.querySelector(".events");
+  const item = document.createElement("li");
+  item.dataset.kind = message.kind;
+  item.dataset.seq = String(message.seq);
+  const kind = document.createElement("span");
+  kind.className = "kind";
+  kind.textContent = message.kind;
+  const when = Number(message.ts ?? 0).toFixed(1).padStart(7, " ");
+  const value = typeof message.value === "number" ? ` ${message.value.toFixed(2)}` : "";
+  item.append(`${when}s `, kind, ` ${message.label ?? ""}${value}`);
+  list.prepend(item);
+  while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
+}
+
+function onStats(message) {
+  const entry = card(message.stream);
+  const latency = message.latency_ms || {};
+  const parts = [
+    `input ${Number(message.input_fps ?? 0).toFixed(1)} fps`,
+    `sampled ${Number(message.sampled_fps ?? 0).toFixed(1)} fps`,
+    `drops ${message.drops ?? 0}`,
+    `latency p50 ${latency.p50 ?? "–"} ms, p99 ${latency.p99 ?? "–"} ms`,
+  ];
+  entry.node.querySelector(".stats").textContent = parts.join(" · ");
+}
+
+function draw(entry) {
+  const canvas = entry.canvas;
+  const context = canvas.getContext("2d");
+  const { width, height } = canvas;
+  context.clearRect(0, 0, width, height);
+  context.strokeStyle = "#2a313b";
+  context.beginPath();
+  context.moveTo(0, height / 2);
+  context.lineTo(width, height / 2);
+  context.stroke();
+  if (!entry.points.length) return;
+  const end = entry.points[entry.points.length - 1].wall;
+  const span = Math.max(MIN_TIMELINE_MS, Math.min(TIMELINE_MS, end - entry.points[0].wall));
+  const x = (wall) => width - ((end - wall) / span) * width;
+  const visible = entry.points.filter((point) => end - point.wall <= span);
+  entry.series.forEach((label, index) => {
+    const isSentiment = label === "sentiment";
+    context.strokeStyle = isSentiment ? SENTIMENT_COLOR : COLORS[index % COLORS.length];
+    context.setLineDash(isSentiment ? [4, 3] : []);
+    context.beginPath();
+    visible.forEach((point, i) => {
+      const value = isSentiment ? (point.sentiment + 1) / 2 : Number(point.scores[label] ?? 0);
+      const y = height - 4 - value * (height - 8);
+      if (i === 0) context.moveTo(x(point.wall), y); else context.lineTo(x(point.wall), y);
+    });
+    context.stroke();
+  });
+  context.setLineDash([]);
+}
+
+function frame() {
+  for (const stream of state.dirty) draw(state.cards[stream]);
+  state.dirty.clear();
+  requestAnimationFrame(frame);
+}
+
+connect();
+requestAnimationFrame(frame);

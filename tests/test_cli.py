@@ -1,0 +1,123 @@
+"""End to end through the real `affectstream` command, on generated videos and opencv-doc's samples."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.timeouts import scaled
+
+OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+
+
+def affectstream(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "affectstream", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=scaled(timeout))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def check_stream_messages(messages: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    streams: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for message in messages:
+        assert message["v"] == 1
+        assert isinstance(message["wall"], int) and message["wall"] > 1_600_000_000_000
+        streams[message["stream"]].append(message)
+    for stream_messages in streams.values():
+        assert [m["seq"] for m in stream_messages] == list(range(len(stream_messages)))
+        estimate_ts = [m["ts"] for m in stream_messages if m["type"] == "estimate"]
+        assert estimate_ts == sorted(estimate_ts)
+    return streams
+
+
+def test_analyze_writes_summary(short_video: Path, tmp_path: Path) -> None:
+    result = affectstream("analyze", str(short_video), "--model", "tiny-random", "--summary", "s.json",
+                          "--out", "m.jsonl", "--rate", "4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["frames"] == 16
+    assert set(summary["share"]) == {"anger", "happiness", "disgust", "fear", "sadness", "surprise"}
+    assert summary["timeline"] and summary["top_moments"]
+    streams = check_stream_messages(read_jsonl(tmp_path / "m.jsonl"))
+    estimates = [m for m in streams["file"] if m["type"] == "estimate"]
+    assert len(estimates) == 16 and estimates[0]["ts"] == 0.0
+
+
+def test_run_two_files_fast(short_video: Path, other_video: Path, tmp_path: Path) -> None:
+    result = affectstream("run", f"left={short_video}", f"right={other_video}", "--model", "tiny-random",
+                          "--fast", "--no-serve", "--quiet", "--out", "m.jsonl", "--rate", "5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    streams = check_stream_messages(read_jsonl(tmp_path / "m.jsonl"))
+    assert set(streams) == {"left", "right"}
+    for name, expected in (("left", 20), ("right", 15)):
+        kinds = [m.get("kind") for m in streams[name] if m["type"] == "event"]
+        assert kinds[0] == "stream_started" and "stream_ended" in kinds
+        assert sum(m["type"] == "estimate" for m in streams[name]) == expected
+
+
+def test_run_stdout_is_jsonl(short_video: Path, tmp_path: Path) -> None:
+    result = affectstream("run", str(short_video), "--model", "tiny-random", "--fast", "--no-serve",
+                          "--rate", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    messages = [json.loads(line) for line in result.stdout.splitlines()]
+    check_stream_messages(messages)
+    assert sum(m["type"] == "estimate" for m in messages) == 8
+
+
+def test_ctrl_c_flushes_and_exits_cleanly(short_video: Path, tmp_path: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "affectstream", "run", str(short_video), "--model",
+                                "tiny-random", "--no-serve", "--quiet", "--out", "m.jsonl"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = tmp_path / "m.jsonl"
+    deadline = time.monotonic() + scaled(60)
+    while time.monotonic() < deadline and (not out.exists() or '"estimate"' not in out.read_text()):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=scaled(30))
+    assert process.returncode == 0, stderr
+    messages = read_jsonl(out)  # every line complete: the sink was flushed
+    ended = [m for m in messages if m.get("kind") == "stream_ended"]
+    assert ended and ended[-1]["outcome"] == "stopped"
+
+
+def test_missing_file_exit_status(tmp_path: Path) -> None:
+    result = affectstream("analyze", str(tmp_path / "nope.mp4"), "--model", "tiny-random", cwd=tmp_path)
+    assert result.returncode == 4
+    assert "missing" in result.stderr
+
+
+def test_unknown_model_is_a_usage_error(short_video: Path, tmp_path: Path) -> None:
+    result = affectstream("analyze", str(short_video), "--model", "no-such-model", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "tiny-random" in result.stderr  # the message lists what exists
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (OPENCV_DATA / "Megamind.avi").exists(), reason="Debian's opencv-doc is not installed")
+def test_analyze_megamind(tmp_path: Path) -> None:
+    result = affectstream("analyze", str(OPENCV_DATA / "Megamind.avi"), "--model", "tiny-random",
+                          "--summary", "s.json", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["frames"] > 10 and summary["damage"]["outcome"] == "ended"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (OPENCV_DATA / "Megamind_bugy.avi").exists(), reason="Debian's opencv-doc is not installed")
+def test_analyze_damaged_megamind(tmp_path: Path) -> None:
+    result = affectstream("analyze", str(OPENCV_DATA / "Megamind_bugy.avi"), "--model", "tiny-random",
+                          "--summary", "s.json", cwd=tmp_path, timeout=300)
+    assert result.returncode == 3, result.stderr  # partial: read what it could, reported the damage
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["frames"] > 0
+    assert summary["damage"]["outcome"] in ("truncated", "corrupt")

@@ -1,0 +1,165 @@
+"""The dashboard in headless Chromium during a run: bars and timeline move, events appear, and the page
+reconnects and resumes by itself when the server restarts. A screenshot is saved (tmp_path, and
+$AFFECTSTREAM_TEST_ARTIFACTS when set).
+
+The page is fed by ``affectstream run`` on a generated video when the pipeline is complete, and by
+the publisher of tests/_server_helpers.py otherwise (see ``feed``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests._server_helpers import Publisher, start_server
+from tests.timeouts import scaled
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ROOT = Path(__file__).parent.parent
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium"),
+]
+
+
+@pytest.fixture()
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def save_screenshot(page: Any, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    artifacts = os.environ.get("AFFECTSTREAM_TEST_ARTIFACTS")
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(artifacts) / name)
+    return path
+
+
+def pipeline_ready() -> bool:
+    try:
+        import affectstream.stream.session  # noqa: F401
+        import tests.media  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def watch_page(page: Any, seconds: float) -> dict[str, Any]:
+    """What the dashboard shows now: bar widths, timeline pixels and points, events, stats."""
+    return page.evaluate("""() => {
+        const card = document.querySelector('.stream');
+        if (!card) return null;
+        const canvas = card.querySelector('canvas.timeline');
+        return {
+            bars: [...card.querySelectorAll('.bar .fill')].map((f) => f.style.width),
+            pixels: canvas.toDataURL(),
+            points: Number(canvas.dataset.points || 0),
+            events: [...card.querySelectorAll('.events li')].map((li) => Number(li.dataset.seq)),
+            stats: card.querySelector('.stats').textContent,
+            status: document.getElementById('connection').dataset.state,
+        };
+    }""")
+
+
+def wait_for(page: Any, predicate: Any, seconds: float) -> dict[str, Any]:
+    deadline_ms = scaled(seconds) * 1000
+    waited = 0.0
+    while True:
+        seen = watch_page(page, seconds)
+        if seen is not None and predicate(seen):
+            return seen
+        if waited > deadline_ms:
+            raise AssertionError(f"the dashboard never showed what was expected; last seen: "
+                                 f"{ {k: v for k, v in (seen or {}).items() if k != 'pixels'} }")
+        page.wait_for_timeout(200)
+        waited += 200
+
+
+def check_it_moves(page: Any) -> dict[str, Any]:
+    first = wait_for(page, lambda s: s["points"] >= 3, 20)
+    later = wait_for(page, lambda s: s["points"] >= first["points"] + 5 and s["bars"] != first["bars"], 20)
+    assert later["pixels"] != first["pixels"], "the timeline was redrawn"
+    return wait_for(page, lambda s: s["events"] and "fps" in s["stats"], 20)
+
+
+def test_dashboard_shows_a_live_run_and_resumes_after_a_restart(browser: Any, tmp_path: Path) -> None:
+    errors: list[str] = []
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    if pipeline_ready():
+        feed_from_a_real_run(page, tmp_path)
+    else:
+        feed_from_the_publisher(page, tmp_path)
+    assert not errors, errors
+
+
+def feed_from_the_publisher(page: Any, tmp_path: Path) -> None:
+    log_path = tmp_path / "events.sqlite"
+    server = start_server(eventlog_path=log_path)
+    publisher = Publisher(server, hz=10, event_every=3).start()
+    try:
+        page.goto(f"http://127.0.0.1:{server.port}/")
+        seen = check_it_moves(page)
+        save_screenshot(page, tmp_path, "dashboard.png")
+        assert page.locator(".stream").count() == 2
+        port = server.port
+        publisher.stop()
+        server.stop()
+        wait_for(page, lambda s: s["status"] == "closed", 10)
+        server = start_server(eventlog_path=log_path, port=port)
+        publisher = Publisher(server, hz=10, event_every=3,
+                              first_seq={s: server.next_seq(s) for s in ("cam", "file")}).start()
+        after = wait_for(page, lambda s: s["status"] == "open" and len(s["events"]) >= len(seen["events"]) + 3, 30)
+        save_screenshot(page, tmp_path, "dashboard-after-restart.png")
+    finally:
+        publisher.stop()
+        server.stop()
+    shown = sorted(after["events"])
+    assert len(shown) == len(set(shown)), "no event shown twice after resuming"
+    expected = sorted(m["seq"] for m in publisher.durable("cam") if m["type"] == "event")
+    assert set(expected[:3]) <= set(shown)
+
+
+def feed_from_a_real_run(page: Any, tmp_path: Path) -> None:
+    from tests.media import make_video
+
+    video = make_video(tmp_path / "talk.avi", seconds=40.0, fps=10, size=(160, 120))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "affectstream", "run", str(video), "--model", "tiny-random", "--device", "cpu",
+         "--port", "0", "--quiet", "--rate", "5", "--stats-interval", "1", "--windows", "2,10"],
+        stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert process.stderr is not None
+        port = None
+        for line in process.stderr:
+            found = re.search(r"websocket at http://[^:]+:(\d+)/", line)
+            if found:
+                port = int(found.group(1))
+                break
+        assert port, "affectstream run did not report its port"
+        threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe from filling
+        page.goto(f"http://127.0.0.1:{port}/")
+        check_it_moves(page)
+        save_screenshot(page, tmp_path, "dashboard.png")
+    finally:
+        process.terminate()
+        process.wait(scaled(30))

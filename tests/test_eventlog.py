@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from affectstream.errors import ConfigError
+from affectstream.stream.eventlog import EventLog, EventLogConfig
+from affectstream.stream.messages import EventKind, MessageType, StreamMessages, encode, wall_ms
+
+
+def fill(log: EventLog, stream: str, count: int, wall: int | None = None) -> StreamMessages:
+    wall = wall_ms() if wall is None else wall
+    numbering = StreamMessages(stream)
+    for step in range(count):
+        messages = [numbering.make(MessageType.ESTIMATE, step, wall, scores={}, sentiment=0.0),
+                    numbering.event(EventKind.PEAK, step, wall, label="fear", value=0.5)]
+        log.append((m, encode(m)) for m in messages)
+    return numbering
+
+
+def test_stores_events_and_summaries_only_and_replays_after_a_seq() -> None:
+    log = EventLog(EventLogConfig())
+    fill(log, "a", 5)
+    fill(log, "b", 2)
+    rows = log.since("a", 4)
+    assert [r.seq for r in rows] == [5, 7, 9]  # odd seqs are the events; estimates are not stored
+    assert all(r.type == "event" and r.message()["stream"] == "a" for r in rows)
+    assert [r.seq for r in log.since("a", -1, limit=2)] == [1, 3]
+    assert log.streams() == ["a", "b"]
+    assert log.next_seq("a") == 10 and log.next_seq("nobody") == 0
+
+
+def test_replayed_text_is_what_was_sent() -> None:
+    log = EventLog(EventLogConfig())
+    message = StreamMessages("a").event(EventKind.ONSET, 1.5, wall_ms(), label="anger", value=0.9, extra=[1, 2])
+    log.append_message(message)
+    assert log.since("a", -1)[0].text == encode(message)
+
+
+def test_estimates_are_kept_when_asked() -> None:
+    log = EventLog(EventLogConfig(estimate_retention_s=60))
+    fill(log, "a", 3)
+    assert [r.type for r in log.since("a", -1)] == ["estimate", "event"] * 3
+
+
+def test_a_reused_seq_is_ignored_not_overwritten() -> None:
+    log = EventLog(EventLogConfig())
+    first = StreamMessages("a").event(EventKind.ONSET, 0, wall_ms(), label="fear", value=0.1)
+    again = StreamMessages("a").event(EventKind.OFFSET, 0, wall_ms(), label="fear", value=0.2)
+    log.append_message(first)
+    assert log.append_message(again) == 0
+    assert log.since("a", -1)[0].message()["kind"] == "onset"
+    assert log.ignored_duplicates == 1
+
+
+def test_retention_prunes_old_rows_and_remembers_how_far(tmp_path: Path) -> None:
+    now = [50_000]
+    log = EventLog(EventLogConfig(retention_s=10), clock_ms=lambda: now[0])
+    fill(log, "a", 3, wall=50_000)  # seqs 1, 3, 5 stored
+    fill(log, "b", 1, wall=95_000)
+    now[0] = 100_000  # the "a" rows are now 50 s old
+    assert log.prune() == 3
+    assert log.since("a", -1) == [] and len(log.since("b", -1)) == 1
+    assert log.pruned_through("a") == 5 and log.pruned_through("b") == -1
+    assert log.next_seq("a") == 6  # numbering never reuses a pruned seq
+
+
+def test_a_file_log_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "events.sqlite"
+    log = EventLog(EventLogConfig(path=path))
+    fill(log, "a", 4)
+    log.close()
+    reopened = EventLog(EventLogConfig(path=path))
+    assert [r.seq for r in reopened.since("a", 2)] == [3, 5, 7]
+    assert reopened.next_seq("a") == 8
+
+
+def test_bad_settings_and_paths_say_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="retention"):
+        EventLogConfig(retention_s=0)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises((ConfigError, OSError)):
+        EventLog(EventLogConfig(path=blocker / "log.sqlite"))

@@ -1,0 +1,216 @@
+"""A real RTSP camera (GStreamer's RTSP server) that goes away and comes back.
+
+The grabber must see frames, report RECONNECTING while the server is down, and resume on its own
+once the server is back on the same port, without being restarted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from affectstream.errors import SourceOpenError, SourceOutcome
+from affectstream.stream.frames import OverflowPolicy, SourceState, VideoFrame
+from affectstream.stream.grabber import Grabber
+from affectstream.stream.ring import RingBuffer
+from affectstream.stream.sources import SourceConfig, open_source
+from tests._sources_helpers import EventRecorder
+from tests.timeouts import scaled
+
+pytestmark = pytest.mark.rtsp
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
+
+
+def _gstreamer_missing() -> str | None:
+    """Why the RTSP server cannot run here, or None when it can."""
+    if not SYSTEM_PYTHON.exists():
+        return "Debian's /usr/bin/python3 is not there"
+    try:
+        check = subprocess.run([str(SYSTEM_PYTHON), str(SERVER_SCRIPT), "--check"], check=False,
+                               capture_output=True, text=True,
+                               timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run the RTSP server script: {exc}"
+    if check.returncode != 0:
+        return ("GStreamer's RTSP server is not usable (apt-get install python3-gi gir1.2-gst-rtsp-server-1.0 "
+                f"gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly): {check.stdout.strip()} {check.stderr[-300:]}")
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class RtspServer:
+    """The helper script as a subprocess, started and killed by the test."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"rtsp://127.0.0.1:{port}/test"
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        process = subprocess.Popen([str(SYSTEM_PYTHON), str(SERVER_SCRIPT), "--port", str(self.port)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._process = process
+        first_line: list[str] = []
+        reader = threading.Thread(target=lambda: first_line.append(process.stdout.readline() if process.stdout
+                                                                   else ""), daemon=True)
+        reader.start()
+        reader.join(scaled(20))
+        if not first_line or not first_line[0].startswith("READY"):
+            self.kill()
+            pytest.fail(f"RTSP server did not start: {first_line}")
+
+    def pause(self) -> None:
+        """Freeze the server: its connections stay open but no data flows (a hung camera)."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)  # a stopped process cannot be reaped otherwise
+            self._process.kill()
+            self._process.wait(scaled(10))
+            self._process = None
+
+
+@pytest.fixture()
+def rtsp_server() -> Iterator[RtspServer]:
+    reason = _gstreamer_missing()
+    if reason:
+        pytest.skip(reason)
+    server = RtspServer(_free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+class FrameCollector:
+    """Drains the ring on its own thread, as the pipeline's pump would."""
+
+    def __init__(self, ring: RingBuffer) -> None:
+        self.frames: list[VideoFrame] = []
+        self._ring = ring
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not (self._ring.closed and len(self._ring) == 0):
+            frame = self._ring.get(timeout=0.05)
+            if frame is not None:
+                self.frames.append(frame)
+
+    def wait_for_count(self, count: int, seconds: float) -> None:
+        deadline = time.monotonic() + scaled(seconds)
+        while len(self.frames) < count:
+            assert time.monotonic() < deadline, f"only {len(self.frames)} of {count} frames in {scaled(seconds)} s"
+            time.sleep(0.02)
+
+    def join(self, seconds: float) -> None:
+        self._thread.join(scaled(seconds))
+
+
+def test_grabber_reconnects_when_the_camera_comes_back(rtsp_server: RtspServer) -> None:
+    config = SourceConfig(open_timeout_s=3, read_timeout_s=2, reconnect_initial_s=0.2, reconnect_max_s=1.0,
+                          live_probe_s=0.5)
+    ring = RingBuffer(16, OverflowPolicy.DROP_OLDEST)
+    recorder = EventRecorder()
+    grabber = Grabber("cam", lambda: open_source(rtsp_server.url, "cam", config), ring, recorder, config)
+    collector = FrameCollector(ring)
+    grabber.start()
+    try:
+        recorder.wait_for(lambda events: any(e.state is SourceState.RUNNING for e in events), 30, "stream_started")
+        collector.wait_for_count(10, 30)
+        assert collector.frames[0].image.shape == (120, 160, 3)
+
+        rtsp_server.kill()
+        recorder.wait_for(lambda events: any(e.state is SourceState.RECONNECTING for e in events), 30,
+                          "RECONNECTING after the server died")
+        reconnecting = next(e for e in recorder.events if e.state is SourceState.RECONNECTING)
+        assert reconnecting.attempt == 1
+        assert reconnecting.outcome in (SourceOutcome.CONNECTION_LOST, SourceOutcome.READ_TIMEOUT)
+        # While the server is down every attempt fails and the attempt number grows.
+        recorder.wait_for(lambda events: sum(e.state is SourceState.RECONNECTING for e in events) >= 2, 30,
+                          "a second reconnect attempt")
+        frames_before = grabber.frames_read
+
+        rtsp_server.start()
+        recorder.wait_for(lambda events: sum(e.state is SourceState.RUNNING for e in events) >= 2, 60,
+                          "stream_started again after the server came back")
+        collector.wait_for_count(frames_before + 10, 30)
+        assert grabber.state is SourceState.RUNNING
+    finally:
+        grabber.stop()
+        assert grabber.join(scaled(20))
+        collector.join(10)
+
+    states = recorder.states()
+    assert states[0] is SourceState.OPENING and states[1] is SourceState.RUNNING
+    assert recorder.events[-1].state is SourceState.ENDED
+    assert recorder.events[-1].outcome is SourceOutcome.STOPPED
+    attempts = [e.attempt for e in recorder.events if e.state is SourceState.RECONNECTING]
+    assert attempts == list(range(1, len(attempts) + 1))
+    # One stream: frame numbers run on across the reconnect.
+    assert [f.index for f in collector.frames] == sorted({f.index for f in collector.frames})
+    assert ring.closed
+
+
+def test_a_frozen_camera_is_a_read_timeout_then_resumes(rtsp_server: RtspServer) -> None:
+    config = SourceConfig(open_timeout_s=3, read_timeout_s=1, reconnect_initial_s=0.2, reconnect_max_s=0.5,
+                          live_probe_s=0.5)
+    ring = RingBuffer(16, OverflowPolicy.DROP_OLDEST)
+    recorder = EventRecorder()
+    grabber = Grabber("cam", lambda: open_source(rtsp_server.url, "cam", config), ring, recorder, config)
+    collector = FrameCollector(ring)
+    grabber.start()
+    try:
+        collector.wait_for_count(10, 30)
+        rtsp_server.pause()
+        recorder.wait_for(lambda events: any(e.state is SourceState.RECONNECTING for e in events), 30,
+                          "RECONNECTING while the camera is frozen")
+        reconnecting = next(e for e in recorder.events if e.state is SourceState.RECONNECTING)
+        assert reconnecting.outcome is SourceOutcome.READ_TIMEOUT
+        rtsp_server.resume()
+        recorder.wait_for(lambda events: sum(e.state is SourceState.RUNNING for e in events) >= 2, 60,
+                          "stream_started again once the camera thawed")
+        count = len(collector.frames)
+        collector.wait_for_count(count + 5, 30)
+    finally:
+        grabber.stop()
+        assert grabber.join(scaled(20))
+        collector.join(10)
+    assert recorder.events[-1].outcome is SourceOutcome.STOPPED
+
+
+def test_server_that_never_answers_rtsp_times_out_on_open() -> None:
+    """A TCP port that accepts but never speaks RTSP must not hang open()."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        config = SourceConfig(open_timeout_s=1, read_timeout_s=1)
+        source = open_source(f"rtsp://127.0.0.1:{port}/x", "cam", config)
+        started = time.monotonic()
+        with pytest.raises(SourceOpenError) as caught, contextlib.closing(source):
+            source.open()
+        assert time.monotonic() - started < scaled(15)
+        assert caught.value.outcome is SourceOutcome.OPEN_TIMEOUT

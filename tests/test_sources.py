@@ -1,0 +1,313 @@
+"""Sources (PyAV files, classification, timestamps) and the grabber thread on real files."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from affectstream.errors import ConfigError, PipelineError, SourceOpenError, SourceOutcome
+from affectstream.stream.frames import OverflowPolicy, SourceState, VideoFrame
+from affectstream.stream.grabber import Grabber
+from affectstream.stream.ring import RingBuffer
+from affectstream.stream.sources import (
+    FrameClock,
+    Source,
+    SourceConfig,
+    SourceKind,
+    TimestampCorrector,
+    WebcamSource,
+    classify_uri,
+    open_source,
+)
+from tests import media
+from tests._sources_helpers import EventRecorder, drain, read_everything, run_bounded
+from tests.timeouts import scaled
+
+FAST = SourceConfig(open_timeout_s=5, read_timeout_s=5, reconnect_initial_s=0.05, reconnect_max_s=0.2)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("sources")
+    return {
+        "plain": media.make_video(folder / "plain.avi", seconds=2.0, fps=10),
+        "vfr": media.make_vfr_video(folder / "vfr.mkv", count=30),
+        "resize": media.make_resolution_change_video(folder / "resize.ts"),
+    }
+
+
+# -- configuration and classification -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field, value", [
+    ("open_timeout_s", 0), ("read_timeout_s", -1), ("reconnect_factor", 0.5),
+    ("max_reconnect_attempts", -1), ("max_reconnect_attempts", True), ("rtsp_transport", "carrier-pigeon"),
+])
+def test_config_rejects_bad_values_naming_the_field(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=field):
+        SourceConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_backoff_grows_exponentially_up_to_the_cap() -> None:
+    config = SourceConfig(reconnect_initial_s=0.5, reconnect_factor=2, reconnect_max_s=3)
+    assert [config.backoff_s(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+@pytest.mark.parametrize("uri, kind", [
+    ("0", SourceKind.WEBCAM), ("/dev/video2", SourceKind.WEBCAM), ("rtsp://cam/1", SourceKind.URL),
+    ("HTTPS://x/live.m3u8", SourceKind.URL), ("rtmp://x/app", SourceKind.URL), ("clip.mp4", SourceKind.FILE),
+    ("/data/2024.avi", SourceKind.FILE), ("file:///tmp/a.mp4", SourceKind.FILE),
+])
+def test_uris_are_classified(uri: str, kind: SourceKind) -> None:
+    assert classify_uri(uri) is kind
+    source = open_source(uri, "s", FAST)
+    assert source.is_live is (kind is not SourceKind.FILE)
+
+
+def test_file_uri_scheme_is_read_as_a_path(videos: dict[str, Path]) -> None:
+    _, frames, _ = read_everything(open_source(videos["plain"].as_uri(), "s", FAST))
+    assert len(frames) == 20
+
+
+def test_timestamp_corrector_switches_to_dts_when_pts_go_backwards() -> None:
+    corrector = TimestampCorrector()
+    # pts in decode order of a B-frame stream: 1 2 3 5 4 ... while dts count up.
+    out = [corrector.correct(pts, dts) for pts, dts in [(1, 1), (2, 2), (3, 3), (5, 4), (4, 5), (6, 6)]]
+    assert out[:4] == [1, 2, 3, 5] and out[4:] == [5, 6]
+    assert [TimestampCorrector().correct(None, 7), TimestampCorrector().correct(3, None)] == [7, 3]
+
+
+def test_frame_clock_invents_missing_times_from_the_frame_rate_and_counts_them() -> None:
+    clock = FrameClock(nominal_fps=10)
+    assert [clock.next(p) for p in (1.0, None, None, 2.0)] == pytest.approx([1.0, 1.1, 1.2, 2.0])
+    assert clock.missing == 2 and clock.count == 4
+
+
+def test_read_before_open_is_a_usage_error(videos: dict[str, Path]) -> None:
+    with pytest.raises(PipelineError, match="open"):
+        open_source(str(videos["plain"]), "s", FAST).read()
+
+
+def test_missing_camera_is_device_unavailable() -> None:
+    with pytest.raises(SourceOpenError) as caught:
+        WebcamSource("/dev/video987", "cam", FAST).open()
+    assert caught.value.outcome is SourceOutcome.DEVICE_UNAVAILABLE
+
+
+# -- reading files ------------------------------------------------------------------------------------
+
+
+def test_plain_file_gives_rgb_frames_with_container_times(videos: dict[str, Path]) -> None:
+    info, frames, damage = run_bounded(lambda: read_everything(open_source(str(videos["plain"]), "cam1", FAST)), 20)
+    assert (info.kind, info.is_live, info.width, info.height, info.nominal_fps) == (SourceKind.FILE, False, 160, 120,
+                                                                                    10.0)
+    assert info.duration_s == pytest.approx(2.0)
+    assert [f.index for f in frames] == list(range(20))
+    assert [f.pts for f in frames] == pytest.approx([i / 10 for i in range(20)])
+    assert all(f.stream_id == "cam1" and f.image.shape == (120, 160, 3) and f.image.dtype == np.uint8 for f in frames)
+    assert all(f.image.flags.c_contiguous for f in frames)
+    # The background is drawn as BGR (60, 30, 30): in RGB the blue channel is the strongest.
+    corner = frames[0].image[0, -1].astype(int)
+    assert corner[2] > corner[0] + 15, f"not RGB: {corner}"
+    # Frames differ (the square moves), and capture times do not go backwards.
+    assert not np.array_equal(frames[0].image, frames[5].image)
+    assert all(a.captured_ns <= b.captured_ns for a, b in itertools.pairwise(frames))
+    assert damage.outcome is None and damage.frames == 20 and damage.missing_pts == 0
+
+
+def test_variable_frame_rate_keeps_container_pts(videos: dict[str, Path]) -> None:
+    _, frames, damage = run_bounded(lambda: read_everything(open_source(str(videos["vfr"]), "s", FAST)), 20)
+    pts = [f.pts for f in frames]
+    assert pts == pytest.approx(media.ffprobe_pts(videos["vfr"]), abs=1e-6)
+    assert pts == pytest.approx(media.vfr_pts(30), abs=1e-6)
+    gaps = np.diff(pts)
+    assert gaps.max() > 3 * gaps.min(), "test video should be variable rate"
+    assert damage.outcome is None
+
+
+def test_resolution_change_mid_stream_gives_frames_of_the_new_size(videos: dict[str, Path]) -> None:
+    _, frames, damage = run_bounded(lambda: read_everything(open_source(str(videos["resize"]), "s", FAST)), 20)
+    sizes = [(f.width, f.height) for f in frames]
+    switch = sizes.index((96, 64))
+    assert switch > 0 and set(sizes[:switch]) == {(160, 120)} and set(sizes[switch:]) == {(96, 64)}
+    assert [f.pts for f in frames] == pytest.approx(media.ffprobe_pts(videos["resize"]), abs=1e-6)
+    assert damage.outcome is None
+
+
+# -- the grabber on files ---------------------------------------------------------------------------
+
+
+def _file_grabber(path: Path | str, ring: RingBuffer, recorder: EventRecorder,
+                  config: SourceConfig = FAST, stop_event: threading.Event | None = None) -> Grabber:
+    return Grabber("s", lambda: open_source(str(path), "s", config), ring, recorder, config, stop_event=stop_event)
+
+
+def test_grabber_lifecycle_on_a_file(videos: dict[str, Path]) -> None:
+    ring = RingBuffer(64, OverflowPolicy.WAIT)
+    recorder = EventRecorder()
+    grabber = _file_grabber(videos["plain"], ring, recorder)
+    assert grabber.state is SourceState.NOT_STARTED
+    grabber.start()
+    frames = drain(ring, 20)
+    assert grabber.join(scaled(10))
+    assert recorder.states() == [SourceState.OPENING, SourceState.RUNNING, SourceState.ENDED]
+    ended = recorder.events[-1]
+    assert ended.outcome is SourceOutcome.ENDED and ended.frames_read == 20 and "20 frames" in ended.detail
+    assert "160x120" in recorder.events[1].detail
+    assert grabber.state is SourceState.ENDED and ring.closed
+    assert [f.index for f in frames] == list(range(20))
+
+
+def test_wait_policy_loses_no_frames_with_a_slow_reader(tmp_path: Path) -> None:
+    path = media.make_video(tmp_path / "long.avi", seconds=6.0, fps=10)
+    ring = RingBuffer(2, OverflowPolicy.WAIT)
+    recorder = EventRecorder()
+    grabber = _file_grabber(path, ring, recorder)
+    grabber.start()
+    frames = drain(ring, 30, on_frame=lambda _: time.sleep(0.002))
+    assert grabber.join(scaled(10))
+    assert [f.index for f in frames] == list(range(60))
+    assert [f.pts for f in frames] == pytest.approx([i / 10 for i in range(60)])
+    assert ring.overwritten == 0 and ring.written == 60
+    assert recorder.events[-1].outcome is SourceOutcome.ENDED
+
+
+def test_drop_oldest_keeps_the_newest_frames_and_counts_the_rest(videos: dict[str, Path]) -> None:
+    ring = RingBuffer(3, OverflowPolicy.DROP_OLDEST)
+    recorder = EventRecorder()
+    grabber = _file_grabber(videos["plain"], ring, recorder)
+    grabber.start()
+    assert grabber.join(scaled(20))  # nobody reads: the grabber must not block
+    frames = drain(ring, 5)
+    assert [f.index for f in frames] == [17, 18, 19]
+    assert ring.overwritten == 17
+
+
+def test_grabber_stop_while_blocked_on_a_full_ring(tmp_path: Path) -> None:
+    path = media.make_video(tmp_path / "long.avi", seconds=6.0, fps=10)
+    ring = RingBuffer(1, OverflowPolicy.WAIT)
+    recorder = EventRecorder()
+    grabber = _file_grabber(path, ring, recorder)
+    grabber.start()
+    recorder.wait_for(lambda events: any(e.state is SourceState.RUNNING for e in events), 10, "RUNNING")
+    grabber.stop()
+    assert grabber.join(scaled(5))
+    assert recorder.events[-1].state is SourceState.ENDED
+    assert recorder.events[-1].outcome is SourceOutcome.STOPPED
+    assert ring.closed
+
+
+def test_external_stop_event_is_honoured(tmp_path: Path) -> None:
+    path = media.make_video(tmp_path / "long.avi", seconds=6.0, fps=10)
+    ring = RingBuffer(1, OverflowPolicy.WAIT)
+    recorder = EventRecorder()
+    stop = threading.Event()
+    grabber = _file_grabber(path, ring, recorder, stop_event=stop)
+    grabber.start()
+    recorder.wait_for(lambda events: any(e.state is SourceState.RUNNING for e in events), 10, "RUNNING")
+    stop.set()
+    assert grabber.join(scaled(5))
+    assert recorder.events[-1].outcome is SourceOutcome.STOPPED
+
+
+def test_stop_before_start_ends_the_stream() -> None:
+    ring = RingBuffer(1, OverflowPolicy.WAIT)
+    recorder = EventRecorder()
+    grabber = _file_grabber("/nonexistent.avi", ring, recorder)
+    grabber.stop()
+    assert grabber.join(0) and ring.closed
+    assert recorder.states() == [SourceState.ENDED]
+
+
+def test_missing_file_fails_with_its_outcome(tmp_path: Path) -> None:
+    ring = RingBuffer(4, OverflowPolicy.WAIT)
+    recorder = EventRecorder()
+    grabber = _file_grabber(tmp_path / "absent.mp4", ring, recorder)
+    grabber.start()
+    assert grabber.join(scaled(10))
+    assert recorder.states() == [SourceState.OPENING, SourceState.FAILED]
+    assert recorder.events[-1].outcome is SourceOutcome.MISSING and "absent.mp4" in recorder.events[-1].detail
+    assert ring.closed
+
+
+def test_truncated_file_ends_with_truncated_after_its_frames(tmp_path: Path) -> None:
+    whole = media.make_video(tmp_path / "whole.avi", seconds=4.0, fps=10)
+    cut = media.make_truncated(whole, tmp_path / "cut.avi")
+    ring = RingBuffer(64, OverflowPolicy.WAIT)
+    recorder = EventRecorder()
+    grabber = _file_grabber(cut, ring, recorder)
+    grabber.start()
+    frames = drain(ring, 20)
+    assert grabber.join(scaled(10))
+    assert 0 < len(frames) < 40
+    assert recorder.events[-1].state is SourceState.ENDED
+    assert recorder.events[-1].outcome is SourceOutcome.TRUNCATED
+
+
+def test_a_factory_that_raises_fails_the_stream_visibly() -> None:
+    def broken() -> Source:
+        raise RuntimeError("factory bug")
+
+    ring = RingBuffer(4, OverflowPolicy.WAIT)
+    recorder = EventRecorder()
+    grabber = Grabber("s", broken, ring, recorder, FAST)
+    grabber.start()
+    assert grabber.join(scaled(10))
+    assert recorder.events[-1].state is SourceState.FAILED
+    assert "factory bug" in recorder.events[-1].detail and ring.closed
+
+
+# -- the grabber on a live source that refuses connections ------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_live_source_gives_up_after_max_reconnect_attempts() -> None:
+    config = SourceConfig(open_timeout_s=2, read_timeout_s=2, reconnect_initial_s=0.05, reconnect_max_s=0.1,
+                          max_reconnect_attempts=2)
+    uri = f"rtsp://127.0.0.1:{_closed_port()}/none"
+    ring = RingBuffer(4, OverflowPolicy.DROP_OLDEST)
+    recorder = EventRecorder()
+    grabber = Grabber("cam", lambda: open_source(uri, "cam", config), ring, recorder, config)
+    grabber.start()
+    assert grabber.join(scaled(20))
+    assert recorder.states() == [SourceState.OPENING, SourceState.RECONNECTING, SourceState.OPENING,
+                                 SourceState.RECONNECTING, SourceState.OPENING, SourceState.FAILED]
+    assert [e.attempt for e in recorder.events if e.state is SourceState.RECONNECTING] == [1, 2]
+    assert recorder.events[-1].outcome is SourceOutcome.CONNECTION_LOST
+    assert ring.closed
+
+
+def test_stop_interrupts_the_reconnect_backoff() -> None:
+    config = SourceConfig(open_timeout_s=2, read_timeout_s=2, reconnect_initial_s=60, reconnect_max_s=60)
+    uri = f"rtsp://127.0.0.1:{_closed_port()}/none"
+    ring = RingBuffer(4, OverflowPolicy.DROP_OLDEST)
+    recorder = EventRecorder()
+    grabber = Grabber("cam", lambda: open_source(uri, "cam", config), ring, recorder, config)
+    grabber.start()
+    recorder.wait_for(lambda events: any(e.state is SourceState.RECONNECTING for e in events), 10, "RECONNECTING")
+    grabber.stop()
+    assert grabber.join(scaled(5))
+    assert recorder.events[-1].state is SourceState.ENDED
+    assert recorder.events[-1].outcome is SourceOutcome.STOPPED
+
+
+def test_frames_are_video_frames(videos: dict[str, Path]) -> None:
+    source = open_source(str(videos["plain"]), "s", FAST)
+    source.open()
+    try:
+        frame = source.read()
+        assert isinstance(frame, VideoFrame)
+        assert abs(frame.wall_ms - time.time() * 1000) < scaled(10) * 1000
+    finally:
+        source.close()
