@@ -71,6 +71,8 @@ def engine_from_args(args: argparse.Namespace) -> Engine:
         head=args.head,
         device=args.device,
         dynamic_threshold=args.dynamic_threshold,
+        backend=getattr(args, "backend", "auto"),
+        precision=getattr(args, "precision", "auto"),
     ))
 
 
@@ -128,7 +130,7 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
     if not args.quiet:
         sinks.append(JsonlSink.to_stdout())
     if args.out:
-        sinks.append(JsonlSink.to_path(Path(args.out)))
+        sinks.append(JsonlSink.to_path(Path(args.out), line_flush=True))
     server = None
     if not args.no_serve:
         from affectstream.stream.server import server_from_args
@@ -227,7 +229,7 @@ def analyze_command(args: argparse.Namespace) -> int:
 
 
 def _damage_from(messages: list[Message]) -> dict[str, Any]:
-    """The terminal event of the file says how reading ended and what was damaged."""
+    """The terminal event of the file says how reading ended and what the reader counted as damaged."""
     for message in reversed(messages):
         if message.get("type") == "event" and message.get("kind") in ("stream_ended", "stream_error"):
             return {"outcome": message.get("outcome"), "detail": message.get("detail", ""),

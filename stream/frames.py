@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +83,7 @@ class SourceEvent:
     detail: str = ""
     attempt: int = 0  # reconnect attempt number, 0 when not reconnecting
     frames_read: int = 0
+    damage: dict[str, Any] | None = None  # terminal events of files: what the reader counted as damaged
 
 
 class OverflowPolicy(str, enum.Enum):

@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from affectstream.errors import SourceError, SourceOpenError, SourceOutcome
 from affectstream.stream.frames import OverflowPolicy, SourceEvent, SourceState, VideoFrame, check_transition
@@ -165,12 +165,13 @@ class Grabber:
             if source.is_live:
                 return exc
             # A file that broke mid-way: what was read stands; the outcome says why it stopped.
-            self._finish(SourceState.ENDED, exc.outcome, f"{exc} ({source.damage.describe()})")
+            self._finish(SourceState.ENDED, exc.outcome, f"{exc} ({source.damage.describe()})",
+                         source.damage.as_dict())
             return None
         if source.is_live:
             return SourceError(f"{source.uri}: the stream ended", SourceOutcome.CONNECTION_LOST, source.uri)
         damage = source.damage
-        self._finish(SourceState.ENDED, damage.outcome or SourceOutcome.ENDED, damage.describe())
+        self._finish(SourceState.ENDED, damage.outcome or SourceOutcome.ENDED, damage.describe(), damage.as_dict())
         return None
 
     def _read_all(self, source: Source) -> None:
@@ -211,15 +212,16 @@ class Grabber:
     # -- state and events ------------------------------------------------------------------------
 
     def _move(self, state: SourceState, outcome: SourceOutcome | None = None, detail: str = "",
-              attempt: int = 0) -> None:
+              attempt: int = 0, damage: dict[str, Any] | None = None) -> None:
         with self._state_lock:
             check_transition(self._state, state)
             self._state = state
         log.debug("%s: %s %s", self.stream_id, state.value, detail)
         self._on_event(SourceEvent(self.stream_id, state, wall_ms(), outcome=outcome, detail=detail,
-                                   attempt=attempt, frames_read=self._frames_read))
+                                   attempt=attempt, frames_read=self._frames_read, damage=damage))
 
-    def _finish(self, state: SourceState, outcome: SourceOutcome | None, detail: str) -> None:
+    def _finish(self, state: SourceState, outcome: SourceOutcome | None, detail: str,
+                damage: dict[str, Any] | None = None) -> None:
         """The terminal event, sent once (a second terminal move is ignored)."""
         with self._state_lock:
             if self._state in (SourceState.ENDED, SourceState.FAILED):
@@ -228,4 +230,4 @@ class Grabber:
             log.warning("%s failed (%s): %s", self.stream_id, outcome.value if outcome else "error", detail)
         else:
             log.info("%s ended (%s): %s", self.stream_id, outcome.value if outcome else "ended", detail)
-        self._move(state, outcome=outcome, detail=detail)
+        self._move(state, outcome=outcome, detail=detail, damage=damage)

@@ -323,24 +323,27 @@ class Pipeline:
         features = self._encoder.encode([item.frame.image for item in frames]) if frames else None
         encoded = time.monotonic_ns()
         encode_ms = (encoded - started) / 1e6
+        # Encoders that time their own stages split the call into preprocess and model time.
+        split = dict(getattr(self._encoder, "last_stage_ms", None) or {}) if frames else {}
+        stages = split or {"encode": encode_ms}
         row_of = {id(item): row for row, item in enumerate(frames)}
         wave: list[SampledFrame] = []
         for item in batch:
             if isinstance(item, StreamMarker):
-                self._flush_wave(wave, features, row_of, started, encode_ms, len(frames))
+                self._flush_wave(wave, features, row_of, started, stages, len(frames))
                 wave = []
                 self._apply_marker(item)
                 self._outbox.put(item)
             else:
                 if any(queued.frame.stream_id == item.frame.stream_id for queued in wave):
-                    self._flush_wave(wave, features, row_of, started, encode_ms, len(frames))
+                    self._flush_wave(wave, features, row_of, started, stages, len(frames))
                     wave = []
                 wave.append(item)
-        self._flush_wave(wave, features, row_of, started, encode_ms, len(frames))
+        self._flush_wave(wave, features, row_of, started, stages, len(frames))
         self._outbox.put(BatchDone(len(frames)))
 
     def _flush_wave(self, wave: list[SampledFrame], features: np.ndarray | None, row_of: dict[int, int],
-                    batch_started_ns: int, encode_ms: float, batch_size: int) -> None:
+                    batch_started_ns: int, encode_stages: dict[str, float], batch_size: int) -> None:
         if not wave or features is None:
             return
         rows = features[[row_of[id(item)] for item in wave]]
@@ -351,7 +354,7 @@ class Pipeline:
         for i, item in enumerate(wave):
             stage_ms = {
                 "queue": (batch_started_ns - item.frame.captured_ns) / 1e6,
-                "encode": encode_ms,
+                **encode_stages,
                 "head": head_ms,
                 "batch": float(batch_size),
             }

@@ -387,6 +387,8 @@ class StreamSession:
             default = "ended" if kind is EventKind.STREAM_ENDED else None
             fields["outcome"] = event.outcome.value if event.outcome is not None else default
             fields["frames_read"] = event.frames_read
+            if event.damage is not None:
+                fields["damage"] = event.damage
         elif event.outcome is not None:
             fields["outcome"] = event.outcome.value
         drafts.append(_event(kind, ts, **fields))

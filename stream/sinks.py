@@ -58,8 +58,9 @@ class JsonlSink:
         self.skipped = 0  # messages that could not be encoded (e.g. NaN), logged and left out
 
     @classmethod
-    def to_path(cls, path: str | os.PathLike[str], append: bool = False) -> JsonlSink:
-        return cls(path, line_flush=False, append=append)
+    def to_path(cls, path: str | os.PathLike[str], append: bool = False, line_flush: bool = False) -> JsonlSink:
+        """``line_flush`` for live runs, whose file others tail; off for batch runs, where it costs time."""
+        return cls(path, line_flush=line_flush, append=append)
 
     @classmethod
     def to_stdout(cls) -> JsonlSink:
@@ -96,24 +97,24 @@ class JsonlSink:
 
     def flush(self) -> None:
         with self._lock:
-            if self._closed:
-                return
-            try:
-                self._stream.flush()
-            except (OSError, ValueError) as error:
-                self._stop_after(error)
+            self._flush_locked()
 
     def close(self) -> None:
         with self._lock:
-            if self._closed:
-                return
-            try:
-                self._stream.flush()
-            except (OSError, ValueError) as error:
-                self._stop_after(error)
-                return
-            self._closed = True
-            self._close_owned()
+            if self._flush_locked():
+                self._closed = True
+                self._close_owned()
+
+    def _flush_locked(self) -> bool:
+        """Under the lock: flush; False when closed already or the stream broke (then it is closed)."""
+        if self._closed:
+            return False
+        try:
+            self._stream.flush()
+        except (OSError, ValueError) as error:
+            self._stop_after(error)
+            return False
+        return True
 
     def _stop_after(self, error: Exception) -> None:
         """Under the lock: the stream can take no more; close quietly and log it once."""

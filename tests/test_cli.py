@@ -115,9 +115,14 @@ def test_analyze_megamind(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not (OPENCV_DATA / "Megamind_bugy.avi").exists(), reason="Debian's opencv-doc is not installed")
 def test_analyze_damaged_megamind(tmp_path: Path) -> None:
+    # Megamind_bugy.avi carries most frames without a pts (its packed B-frames lost their timestamps).
+    # Every frame decodes, so nothing is lost: the timestamps are repaired, the damage is reported,
+    # and the status is 0 (docs/cli.md: 3 only when frames were lost).
     result = affectstream("analyze", str(OPENCV_DATA / "Megamind_bugy.avi"), "--model", "tiny-random",
                           "--summary", "s.json", cwd=tmp_path, timeout=300)
-    assert result.returncode == 3, result.stderr  # partial: read what it could, reported the damage
+    assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary["frames"] > 0
-    assert summary["damage"]["outcome"] in ("truncated", "corrupt")
+    damage = summary["damage"]
+    assert damage["outcome"] == "ended" and damage["frames"] == 270
+    assert damage["missing_pts"] >= 1 and "without timestamp" in damage["detail"]
+    assert summary["frames"] > 0 and summary["end"] <= damage["expected_duration"]

@@ -7,12 +7,14 @@ once the server is back on the same port, without being restarted.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -214,3 +216,67 @@ def test_server_that_never_answers_rtsp_times_out_on_open() -> None:
             source.open()
         assert time.monotonic() - started < scaled(15)
         assert caught.value.outcome is SourceOutcome.OPEN_TIMEOUT
+
+
+def _read_messages(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def _wait_for_messages(path: Path, predicate: Callable[[list[dict[str, object]]], bool], seconds: float,
+                       what: str) -> list[dict[str, object]]:
+    deadline = time.monotonic() + scaled(seconds)
+    while time.monotonic() < deadline:
+        messages = _read_messages(path)
+        if predicate(messages):
+            return messages
+        time.sleep(0.1)
+    raise AssertionError(f"no {what} within {scaled(seconds)} s; last messages: {_read_messages(path)[-3:]}")
+
+
+def _kinds(messages: list[dict[str, object]]) -> list[object]:
+    return [m.get("kind", m["type"]) for m in messages if m["type"] != "stats"]
+
+
+def test_affectstream_run_survives_a_camera_restart(rtsp_server: RtspServer, tmp_path: Path) -> None:
+    """The whole program on a real RTSP camera that is killed and restarted: the events say so and the
+    estimates resume, with no restart of affectstream."""
+    out = tmp_path / "m.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "affectstream", "run", f"door={rtsp_server.url}", "--model", "tiny-random",
+         "--no-serve", "--quiet", "--out", str(out), "--read-timeout", "2", "--rate", "4"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_messages(out, lambda ms: _kinds(ms).count("estimate") >= 4, 60, "estimates")
+        rtsp_server.kill()
+        _wait_for_messages(out, lambda ms: "stream_reconnecting" in _kinds(ms), 30, "stream_reconnecting")
+        rtsp_server.start()
+
+        def resumed(messages: list[dict[str, object]]) -> bool:
+            kinds = _kinds(messages)
+            if kinds.count("stream_started") < 2:
+                return False
+            return kinds[_last_index(kinds, "stream_started"):].count("estimate") >= 4
+
+        _wait_for_messages(out, resumed, 60, "estimates after the camera came back")
+        assert process.poll() is None, "affectstream kept running through the outage"
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=scaled(30))
+    assert process.returncode == 0, stderr[-2000:]
+    messages = _read_messages(out)
+    kinds = _kinds(messages)
+    assert kinds[0] == "stream_started" and "stream_ended" in kinds
+    assert "estimate" not in kinds[kinds.index("stream_ended"):], "the final summaries follow, no estimates"
+    first_reconnect = kinds.index("stream_reconnecting")
+    assert "estimate" not in kinds[first_reconnect:_last_index(kinds, "stream_started")]
+    seqs = [m["seq"] for m in messages]
+    assert seqs == list(range(len(seqs))), "one stream, one unbroken sequence across the reconnect"
+    estimates = [m for m in messages if m["type"] == "estimate"]
+    assert all(isinstance(m["ts"], float) for m in estimates)
+
+
+def _last_index(items: list[object], value: object) -> int:
+    return len(items) - 1 - items[::-1].index(value)
