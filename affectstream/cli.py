@@ -33,6 +33,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--head", default="auto", choices=["auto", "lstm", "zero-shot"],
                        help="temporal head; auto = the bundle's LSTM if it has one, else zero-shot")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--backend", default="auto", choices=["auto", "torch", "compile", "onnx", "tensorrt"],
+                       help="image encoder backend; auto = the fastest one ready (docs/benchmarks.md)")
+    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16", "int8"],
+                       help="encoder precision; auto = fp16 on CUDA, else fp32 (int8 where build-engine made it)")
     group.add_argument("--dynamic-threshold", type=float, default=None, metavar="RATIO",
                        help="zero-shot: zero every score below RATIO x the frame's highest (the seed's rule)")
 
@@ -49,7 +53,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--read-timeout", type=float, default=5.0, help="seconds without a frame before a live "
                        "source counts as lost and reconnects")
     group.add_argument("--stats-interval", type=float, default=2.0, help="seconds between stats messages")
-    group.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: per frame)")
+    group.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v: per-frame debug; -vv: libraries too)")
 
 
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -110,14 +114,30 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Commands whose modules register their own arguments."""
     from affectstream.stream.listen import add_listen_parser
+    from affectstream.training.extract_cli import add_extract_parser, add_synth_parser
 
     add_listen_parser(commands)
 
+    from affectstream.bench import add_bench_parser
+    from affectstream.build_engine import add_build_engine_parser
+
+    add_build_engine_parser(commands)
+    add_bench_parser(commands)
+    add_synth_parser(commands)
+    add_extract_parser(commands)
+
+    from affectstream.training.train_cli import add_evaluate_parser, add_train_parser
+
+    add_train_parser(commands)
+    add_evaluate_parser(commands)
+
 
 def _configure_logging(verbosity: int) -> None:
-    level = logging.WARNING - 10 * min(verbosity, 2) if verbosity else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stderr,
+    # Our own logger says what it is doing (INFO; -v adds per-frame DEBUG); libraries (open_clip,
+    # websockets, PyAV) only warn unless -vv asks for their chatter too.
+    logging.basicConfig(level=logging.DEBUG if verbosity >= 2 else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.DEBUG if verbosity else logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,11 +145,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(getattr(args, "verbose", 0))
     environment = dict(os.environ)  # read once, here; passed down as plain values
+    # OpenMP threads that spin while waiting for work steal the cores that decoding and the other
+    # threads need; on a shared 2-core machine that made torch eager 11-14x slower at batch 1
+    # (docs/benchmarks.md). torch is not imported yet, so this still takes effect; a user's own
+    # setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     handlers: dict[str, Callable[[argparse.Namespace, dict[str, str]], int]] = {
         "run": _run,
         "analyze": _analyze,
         "bundle": _bundle,
         "listen": _listen,
+        "build-engine": _build_engine,
+        "bench": _bench,
+        "synth": _synth,
+        "extract": _extract,
+        "train": _train,
+        "evaluate": _evaluate,
     }
     try:
         return handlers[args.command](args, environment)
@@ -166,6 +197,42 @@ def _listen(args: argparse.Namespace, environment: dict[str, str]) -> int:
     from affectstream.stream.listen import run_listen
 
     return run_listen(args, environment)
+
+
+def _synth(args: argparse.Namespace, environment: dict[str, str]) -> int:
+    from affectstream.training.extract_cli import run_synth
+
+    return run_synth(args, environment)
+
+
+def _extract(args: argparse.Namespace, environment: dict[str, str]) -> int:
+    from affectstream.training.extract_cli import run_extract
+
+    return run_extract(args, environment)
+
+
+def _train(args: argparse.Namespace, environment: dict[str, str]) -> int:
+    from affectstream.training.train_cli import run_train
+
+    return run_train(args, environment)
+
+
+def _evaluate(args: argparse.Namespace, environment: dict[str, str]) -> int:
+    from affectstream.training.train_cli import run_evaluate
+
+    return run_evaluate(args, environment)
+
+
+def _build_engine(args: argparse.Namespace, environment: dict[str, str]) -> int:
+    from affectstream.build_engine import run_build_engine
+
+    return run_build_engine(args)
+
+
+def _bench(args: argparse.Namespace, environment: dict[str, str]) -> int:
+    from affectstream.bench import run_bench
+
+    return run_bench(args)
 
 
 if __name__ == "__main__":

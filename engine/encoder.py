@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from affectstream.engine.models import ModelSpec, build_clip
-from affectstream.engine.preprocess import Preprocessor
+from affectstream.engine.preprocess import Preprocessor, TensorEncoder
 from affectstream.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -23,6 +21,10 @@ class Precision(str, enum.Enum):
     AUTO = "auto"  # fp16 on CUDA, fp32 on CPU
     FP32 = "fp32"
     FP16 = "fp16"  # CUDA only: CPU half-precision kernels are slow or missing
+    BF16 = "bf16"  # CUDA, or CPUs with bf16 matrix units (AVX512-BF16/AMX), where it is several times faster
+
+
+TORCH_DTYPES = {Precision.FP32: torch.float32, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
 
 
 def resolve_device(device: str) -> str:
@@ -50,7 +52,7 @@ def resolve_precision(precision: str | Precision, device: str) -> Precision:
     return chosen
 
 
-class TorchEncoder:
+class TorchEncoder(TensorEncoder):
     """Encodes batches of uint8 RGB frames with an open_clip vision tower, eagerly in PyTorch."""
 
     name = "torch"
@@ -70,6 +72,7 @@ class TorchEncoder:
         self.precision = precision
         self.embed_dim = spec.embed_dim
         self.image_size = spec.image_size
+        self.last_stage_ms: dict[str, float] = {}
 
     @classmethod
     def from_spec(
@@ -85,20 +88,12 @@ class TorchEncoder:
     ) -> TorchEncoder:
         """Wrap the vision tower of an already built open_clip model (already on ``device``)."""
         chosen = resolve_precision(precision, device)
-        dtype = torch.float16 if chosen is Precision.FP16 else torch.float32
+        dtype = TORCH_DTYPES[chosen]
         # The text tower is dropped here; text embeddings are computed once, elsewhere (engine.text).
         visual = model.visual.to(dtype=dtype).eval()
         preprocessor = Preprocessor.from_spec(spec, device=device, dtype=dtype)
         log.info("torch encoder: %s on %s (%s)", spec.name, device, chosen.value)
         return cls(visual, preprocessor, spec, device, chosen)
-
-    def encode(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """``(N, embed_dim)`` float32 features of unit L2 norm, one row per frame."""
-        if len(images) == 0:
-            return np.zeros((0, self.embed_dim), dtype=np.float32)
-        with torch.inference_mode():
-            features = self.encode_tensor(self.preprocessor(images))
-        return features.cpu().numpy()
 
     def encode_tensor(self, preprocessed: torch.Tensor) -> torch.Tensor:
         """Features of an already preprocessed ``(N, 3, S, S)`` batch on the device (benchmarks)."""

@@ -9,6 +9,7 @@ kernel launches rather than one per frame.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -125,3 +126,33 @@ def _group_by_shape(images: Sequence[np.ndarray]) -> dict[tuple[int, int], list[
             raise ValueError(f"frame {index} is {image.shape} {image.dtype}: expected HxWx3 uint8 RGB")
         groups.setdefault((image.shape[0], image.shape[1]), []).append(index)
     return groups
+
+
+class TensorEncoder:
+    """Shared ``encode`` of the backends: preprocess on the device, run ``encode_tensor``, time both.
+
+    Subclasses set ``preprocessor`` and ``embed_dim`` and implement ``encode_tensor``; the pipeline
+    reads ``last_stage_ms`` after each call for its per-stage latencies.
+    """
+
+    preprocessor: Preprocessor
+    embed_dim: int
+    last_stage_ms: dict[str, float]
+
+    def encode(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """``(N, embed_dim)`` float32 features of unit L2 norm, one row per frame."""
+        if len(images) == 0:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            pixels = self.preprocessor(images)
+            preprocessed = time.perf_counter()
+            features = self.encode_tensor(pixels).cpu().numpy()
+        # On CUDA the preprocess figure only covers queuing its kernels; encode then includes their run.
+        self.last_stage_ms = {"preprocess": (preprocessed - started) * 1e3,
+                              "encode": (time.perf_counter() - preprocessed) * 1e3}
+        return features
+
+    def encode_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Features of an already preprocessed ``(N, 3, S, S)`` batch on the device."""
+        raise NotImplementedError

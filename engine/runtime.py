@@ -22,6 +22,8 @@ class EngineChoice:
     head: str = "auto"  # auto | lstm | zero-shot
     device: str = "auto"
     dynamic_threshold: float | None = None
+    backend: str = "auto"  # auto | torch | compile | onnx | tensorrt (engine/backends.py)
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16 | int8
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,9 @@ DEFAULT_MODEL = "clip-vit-b32"
 
 def load_engine(choice: EngineChoice) -> Engine:
     """Build the encoder and head the user asked for; the bundle wins over ``--model`` for the backbone."""
+    from affectstream.engine.backends import build_encoder, choose_backend, gather_facts
     from affectstream.engine.bundle import load_bundle
-    from affectstream.engine.encoder import TorchEncoder, resolve_device
+    from affectstream.engine.encoder import resolve_device
     from affectstream.engine.heads import ZeroShotConfig, ZeroShotHead
     from affectstream.engine.models import ModelSpec, build_clip
 
@@ -47,23 +50,41 @@ def load_engine(choice: EngineChoice) -> Engine:
     if choice.bundle is not None:
         bundle = load_bundle(choice.bundle)
         spec = ModelSpec.from_manifest(bundle.manifest["backbone"])
-        encoder = TorchEncoder.from_spec(spec, device=device)
-        head = bundle.build_head(choice.head, zero_shot_config=zero_shot, device=device)
-        info = {"backbone": spec.name, "bundle": str(choice.bundle), "head": head.name}
+        picked = choose_backend(choice.backend, choice.precision,
+                                gather_facts(device, choice.bundle, bundle.manifest, choice.precision))
+        encoder = build_encoder(picked, spec, device, bundle_path=choice.bundle, manifest=bundle.manifest)
+        head = _bundle_head(bundle, choice.head, picked.backend.value, zero_shot, device)
+        info = {"backbone": spec.name, "bundle": str(choice.bundle), "head": head.name,
+                "backend": picked.backend.value, "precision": picked.precision}
         return Engine(encoder, head, tuple(bundle.manifest.get("labels", EMOTIONS)), info)
     if choice.head == "lstm":
         from affectstream.errors import ConfigError
 
         raise ConfigError("--head lstm needs a trained bundle: pass --bundle DIR (made by `affectstream train`)")
     spec = ModelSpec.from_preset(choice.model or DEFAULT_MODEL)
+    picked = choose_backend(choice.backend, choice.precision, gather_facts(device, None, None, choice.precision))
     # One CLIP build serves both towers: the text tower gives the class embeddings once, then the
     # encoder keeps the vision tower and the rest is freed.
     model = build_clip(spec, device=device)
     texts = zero_shot_texts(model, spec)
     head = ZeroShotHead(texts["emotion_embeddings"], texts["sentiment_embeddings"], zero_shot,
                         texts["logit_scale"])
-    encoder = TorchEncoder.from_model(model, spec, device)
-    return Engine(encoder, head, EMOTIONS, {"backbone": spec.name, "head": head.name})
+    encoder = build_encoder(picked, spec, device, model=model)
+    info = {"backbone": spec.name, "head": head.name, "backend": picked.backend.value,
+            "precision": picked.precision}
+    return Engine(encoder, head, EMOTIONS, info)
+
+
+def _bundle_head(bundle: Any, kind: str, backend: str, zero_shot: Any, device: str) -> TemporalHead:
+    """The bundle's head; with the ONNX backend, its exported LSTM step where build-engine made one."""
+    from affectstream.engine.onnx_export import TEMPORAL_ONNX
+
+    head = bundle.build_head(kind, zero_shot_config=zero_shot, device=device)
+    if backend == "onnx" and head.name == "lstm" and TEMPORAL_ONNX in bundle.manifest.get("hashes", {}):
+        from affectstream.engine.ort_backend import OrtLstmHead
+
+        return OrtLstmHead.from_file(bundle.path / TEMPORAL_ONNX, bundle.temporal_config, device)
+    return head
 
 
 def zero_shot_texts(model: Any, spec: Any) -> dict[str, Any]:

@@ -246,10 +246,15 @@ class Pipeline:
         with runtime.events_lock:
             runtime.pending_events.append((runtime.ring.counters().written, event))
 
-    def _release_events(self, runtime: _StreamRuntime) -> bool:
-        """Forward events whose preceding frames are all consumed; True once a terminal one passed."""
+    def _release_events(self, runtime: _StreamRuntime, held: int = 0) -> bool:
+        """Forward events whose preceding frames are all consumed; True once a terminal one passed.
+
+        ``held``: frames already taken from the ring but not yet queued; an event written after them
+        must wait until they are queued (else the stream would end before its last frame, and a
+        terminal event released here would go unnoticed and leave the pump spinning).
+        """
         counters = runtime.ring.counters()
-        consumed = counters.read + counters.overwritten
+        consumed = counters.read + counters.overwritten - held
         terminal = False
         with runtime.events_lock:
             while runtime.pending_events and runtime.pending_events[0][0] <= consumed:
@@ -273,7 +278,7 @@ class Pipeline:
                     sampler = MediaTimeSampler(self._config.rate_for(runtime.is_live))
                 if not sampler.offer(frame.pts):
                     continue
-                self._release_events(runtime)  # a reconnect marker must precede the new frames
+                self._release_events(runtime, held=1)  # a reconnect marker must precede the new frames
                 if not self._acquire_slot(runtime):
                     continue
                 runtime.sampled += 1

@@ -40,3 +40,14 @@ def other_video(video_dir: Path) -> Path:
 @pytest.fixture()
 def run_dir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
+
+
+@pytest.fixture()
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread; on a shared CI machine, more threads only contend."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +19,7 @@ from affectstream.training.batching import Target
 from affectstream.training.scaling import FeatureScaler, fold_into_linear
 from tests._training_helpers import DIM, toy_featureset, unit
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread; on a shared CI machine, more threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CLASSES = np.eye(DIM, dtype=np.float32)[: len(EMOTIONS)]  # text embedding i points along axis i

@@ -131,14 +131,21 @@ class FrameCollector:
         self._thread.join(scaled(seconds))
 
 
+def start_grabber(server: RtspServer, config: SourceConfig) -> tuple[Grabber, RingBuffer, EventRecorder,
+                                                                  FrameCollector]:
+    """A running grabber on the camera, as the pipeline would have, with its events and frames recorded."""
+    ring = RingBuffer(16, OverflowPolicy.DROP_OLDEST)
+    recorder = EventRecorder()
+    grabber = Grabber("cam", lambda: open_source(server.url, "cam", config), ring, recorder, config)
+    collector = FrameCollector(ring)
+    grabber.start()
+    return grabber, ring, recorder, collector
+
+
 def test_grabber_reconnects_when_the_camera_comes_back(rtsp_server: RtspServer) -> None:
     config = SourceConfig(open_timeout_s=3, read_timeout_s=2, reconnect_initial_s=0.2, reconnect_max_s=1.0,
                           live_probe_s=0.5)
-    ring = RingBuffer(16, OverflowPolicy.DROP_OLDEST)
-    recorder = EventRecorder()
-    grabber = Grabber("cam", lambda: open_source(rtsp_server.url, "cam", config), ring, recorder, config)
-    collector = FrameCollector(ring)
-    grabber.start()
+    grabber, ring, recorder, collector = start_grabber(rtsp_server, config)
     try:
         recorder.wait_for(lambda events: any(e.state is SourceState.RUNNING for e in events), 30, "stream_started")
         collector.wait_for_count(10, 30)
@@ -179,11 +186,7 @@ def test_grabber_reconnects_when_the_camera_comes_back(rtsp_server: RtspServer) 
 def test_a_frozen_camera_is_a_read_timeout_then_resumes(rtsp_server: RtspServer) -> None:
     config = SourceConfig(open_timeout_s=3, read_timeout_s=1, reconnect_initial_s=0.2, reconnect_max_s=0.5,
                           live_probe_s=0.5)
-    ring = RingBuffer(16, OverflowPolicy.DROP_OLDEST)
-    recorder = EventRecorder()
-    grabber = Grabber("cam", lambda: open_source(rtsp_server.url, "cam", config), ring, recorder, config)
-    collector = FrameCollector(ring)
-    grabber.start()
+    grabber, ring, recorder, collector = start_grabber(rtsp_server, config)
     try:
         collector.wait_for_count(10, 30)
         rtsp_server.pause()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +30,7 @@ from affectstream.training.scaling import FeatureScaler, fold_into_lstm
 from affectstream.training.train import TrainConfig, predict, sequence_loss, train
 from tests._training_helpers import DIM, make_sequence, toy_featureset
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread; on a shared CI machine, more threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 FAST = TrainConfig(epochs=3, batch_size=8, hidden=16, patience=3)

@@ -68,6 +68,22 @@ def test_synthetic_dataset_to_a_bundle_that_analyze_runs(tmp_path: Path) -> None
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["source"]["model"]["head"] == "lstm" and summary["frames"] == 16
 
+    # The trained bundle through the ONNX engines (image encoder and the LSTM step) gives the same timeline.
+    for step in (("build-engine", "bundle", "--backend", "onnx"),
+                 ("analyze", "data/videos/synth_000.avi", "--bundle", "bundle", "--backend", "onnx",
+                  "--summary", "summary_onnx.json", "--rate", "2")):
+        result = affectstream(*step, cwd=tmp_path)
+        assert result.returncode == 0, f"{step[0]} failed:\n{result.stderr[-3000:]}"
+    assert "temporal.onnx" in load_bundle(tmp_path / "bundle").manifest["hashes"]
+    onnx_summary = json.loads((tmp_path / "summary_onnx.json").read_text())
+    assert onnx_summary["source"]["model"]["backend"] == "onnx"
+    torch_rows, onnx_rows = summary["timeline"], onnx_summary["timeline"]
+    assert len(torch_rows) == len(onnx_rows) == 16
+    for torch_row, onnx_row in zip(torch_rows, onnx_rows, strict=True):
+        assert torch_row["ts"] == onnx_row["ts"]
+        for label, value in torch_row["scores"].items():
+            assert abs(value - onnx_row["scores"][label]) < 1e-3, (torch_row, onnx_row)
+
 
 def test_evaluate_compares_bundles_in_the_table_13_format(tmp_path: Path) -> None:
     """Two bundles trained with and without balancing, evaluated side by side (no video: toy features)."""
