@@ -17,7 +17,7 @@ from affectstream.errors import ConfigError, SourceOutcome
 from affectstream.stream.batcher import BatchConfig
 from affectstream.stream.messages import Message
 from affectstream.stream.pipeline import Pipeline, PipelineConfig
-from affectstream.stream.session import AnalyticsConfig
+from affectstream.stream.session import AnalyticsConfig, StreamSession
 from affectstream.stream.sinks import FanoutSink, JsonlSink, MemorySink, Sink
 from affectstream.stream.sources import SourceConfig
 
@@ -64,8 +64,9 @@ def pipeline_config(args: argparse.Namespace, pace_files: bool) -> PipelineConfi
     )
 
 
-def engine_from_args(args: argparse.Namespace) -> Engine:
+def engine_from_args(args: argparse.Namespace, offline: bool = False) -> Engine:
     return load_engine(EngineChoice(
+        offline=offline,
         model=args.model,
         bundle=Path(args.bundle) if args.bundle else None,
         head=args.head,
@@ -194,38 +195,62 @@ def analyze_command(args: argparse.Namespace) -> int:
     from affectstream.stream.report import FileReport
 
     path = Path(args.file)
-    config = pipeline_config(args, pace_files=False)
-    engine = engine_from_args(args)
-    memory = MemorySink()
-    tracker = OutcomeTracker()
-    sinks: list[Sink] = [memory, tracker]
-    if args.out:
-        sinks.append(JsonlSink.to_path(Path(args.out)))
-    sink = FanoutSink(sinks)
-    pipeline = Pipeline([("file", str(path))], engine.encoder, engine.head, sink, engine.labels, config)
+    engine = engine_from_args(args, offline=True)
+    recorder = None
+    if engine.sequence_model is not None:
+        from affectstream.stream.offline import RecordingHead
+
+        recorder = RecordingHead(engine.head)
+    memory, tracker = MemorySink(), OutcomeTracker()
     started = time.monotonic()
-    interrupted = False
-    pipeline.start()
-    try:
-        while not pipeline.wait(0.2):
-            pass
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        pipeline.stop()
-        sink.close()
-    elapsed = time.monotonic() - started
+    interrupted = _analyze_pass(path, args, engine, recorder or engine.head, FanoutSink([memory, tracker]))
+    messages = list(memory.messages)
+    if recorder is not None:
+        messages = _rescore_whole_file(messages, recorder, engine, args)
+    if args.out:
+        jsonl = JsonlSink.to_path(Path(args.out))
+        try:
+            for message in messages:
+                jsonl.write(message)
+        finally:
+            jsonl.close()
     report = FileReport(engine.labels, top_k=args.top)
-    for message in memory.messages:
+    for message in messages:
         report.add_message(message)
     summary: dict[str, Any] = report.to_dict(source={"path": str(path), "model": engine.model_info},
-                                               damage=_damage_from(memory.messages))
-    summary["processing"] = {"seconds": round(elapsed, 3), "interrupted": interrupted}
+                                               damage=_damage_from(messages))
+    summary["processing"] = {"seconds": round(time.monotonic() - started, 3), "interrupted": interrupted}
     out = Path(args.summary) if args.summary else Path(path.name + ".affect.json")
     out.write_text(json.dumps(summary, indent=2, allow_nan=False))
     status = tracker.exit_status(["file"])
     _print_summary(summary, out, status)
     return EXIT_INTERRUPTED if interrupted else status
+
+
+def _analyze_pass(path: Path, args: argparse.Namespace, engine: Engine, head: Any, sink: Sink) -> bool:
+    """Run the file through the pipeline as fast as possible; True if Ctrl-C cut it short."""
+    config = pipeline_config(args, pace_files=False)
+    pipeline = Pipeline([("file", str(path))], engine.encoder, head, sink, engine.labels, config)
+    pipeline.start()
+    try:
+        while not pipeline.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        return True
+    finally:
+        pipeline.stop()
+        sink.close()
+    return False
+
+
+def _rescore_whole_file(messages: list[Message], recorder: Any, engine: Engine,
+                        args: argparse.Namespace) -> list[Message]:
+    """The bidirectional model over the whole sequence; the messages replayed with its scores."""
+    from affectstream.stream.offline import replay, rescore_sequence
+
+    scores, sentiment = rescore_sequence(engine.sequence_model, recorder.features("file"))
+    session = StreamSession("file", engine.labels, pipeline_config(args, pace_files=False).analytics)
+    return replay(messages, scores, sentiment, session)
 
 
 def _damage_from(messages: list[Message]) -> dict[str, Any]:

@@ -24,6 +24,8 @@ class EngineChoice:
     dynamic_threshold: float | None = None
     backend: str = "auto"  # auto | torch | compile | onnx | tensorrt (engine/backends.py)
     precision: str = "auto"  # auto | fp32 | fp16 | bf16 | int8
+    # Whole files (analyze): a bidirectional LSTM may then rescore the file after one pass.
+    offline: bool = False
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class Engine:
     head: TemporalHead
     labels: tuple[str, ...]
     model_info: dict[str, Any]
+    # A bidirectional model for whole files: ``head`` serves the pass, this rescores the sequence after.
+    sequence_model: Any = None
 
 
 DEFAULT_MODEL = "clip-vit-b32"
@@ -53,10 +57,15 @@ def load_engine(choice: EngineChoice) -> Engine:
         picked = choose_backend(choice.backend, choice.precision,
                                 gather_facts(device, choice.bundle, bundle.manifest, choice.precision))
         encoder = build_encoder(picked, spec, device, bundle_path=choice.bundle, manifest=bundle.manifest)
-        head = _bundle_head(bundle, choice.head, picked.backend.value, zero_shot, device)
-        info = {"backbone": spec.name, "bundle": str(choice.bundle), "head": head.name,
+        labels = tuple(bundle.manifest.get("labels", EMOTIONS))
+        info = {"backbone": spec.name, "bundle": str(choice.bundle),
                 "backend": picked.backend.value, "precision": picked.precision}
-        return Engine(encoder, head, tuple(bundle.manifest.get("labels", EMOTIONS)), info)
+        if choice.offline and choice.head in ("auto", "lstm") and _is_bidirectional(bundle):
+            log.info("bidirectional temporal model: one pass over the file, then the whole sequence is rescored")
+            head = ZeroShotHead.from_bundle(bundle, zero_shot)
+            return Engine(encoder, head, labels, {**info, "head": "lstm-bidirectional"}, bundle.temporal_module())
+        head = _bundle_head(bundle, choice.head, picked.backend.value, zero_shot, device)
+        return Engine(encoder, head, labels, {**info, "head": head.name})
     if choice.head == "lstm":
         from affectstream.errors import ConfigError
 
@@ -73,6 +82,10 @@ def load_engine(choice: EngineChoice) -> Engine:
     info = {"backbone": spec.name, "head": head.name, "backend": picked.backend.value,
             "precision": picked.precision}
     return Engine(encoder, head, EMOTIONS, info)
+
+
+def _is_bidirectional(bundle: Any) -> bool:
+    return bool(bundle.has_temporal and bundle.temporal_config.bidirectional)
 
 
 def _bundle_head(bundle: Any, kind: str, backend: str, zero_shot: Any, device: str) -> TemporalHead:
