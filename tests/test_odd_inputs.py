@@ -13,8 +13,9 @@ import pytest
 from affectstream.errors import SourceError, SourceOpenError, SourceOutcome, SourceReadError
 from affectstream.stream.frames import OverflowPolicy, SourceState
 from affectstream.stream.grabber import Grabber
+from affectstream.stream.pyav_source import PyAVSource
 from affectstream.stream.ring import RingBuffer
-from affectstream.stream.sources import PyAVSource, SourceConfig, SourceDamage, open_source
+from affectstream.stream.sources import SourceConfig, SourceDamage, open_source
 from tests import media
 from tests._sources_helpers import EventRecorder, drain, outcome_of, run_bounded
 from tests.timeouts import scaled

@@ -12,19 +12,12 @@ import numpy as np
 import pytest
 
 from affectstream.errors import ConfigError, PipelineError, SourceOpenError, SourceOutcome
+from affectstream.stream.frame_clock import FrameClock, TimestampCorrector
 from affectstream.stream.frames import OverflowPolicy, SourceState, VideoFrame
 from affectstream.stream.grabber import Grabber
 from affectstream.stream.ring import RingBuffer
-from affectstream.stream.sources import (
-    FrameClock,
-    Source,
-    SourceConfig,
-    SourceKind,
-    TimestampCorrector,
-    WebcamSource,
-    classify_uri,
-    open_source,
-)
+from affectstream.stream.sources import Source, SourceConfig, SourceKind, classify_uri, open_source
+from affectstream.stream.webcam import WebcamSource
 from tests import media
 from tests._sources_helpers import EventRecorder, drain, read_everything, run_bounded
 from tests.timeouts import scaled

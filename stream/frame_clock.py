@@ -1,0 +1,73 @@
+"""Media time of decoded frames: FFmpeg's best-effort timestamp, and a clock that fills gaps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+FALLBACK_FPS = 25.0  # spacing of invented timestamps when a stream has neither pts nor a frame rate
+
+
+class TimestampCorrector:
+    """FFmpeg's best-effort timestamp: trust pts unless they go backwards more often than dts do.
+
+    Some streams attach pts in decode order; FFmpeg then falls back to the dts, which is what
+    ffprobe reports as ``best_effort_timestamp``. AVI has no presentation times at all: what FFmpeg
+    guesses as pts there (packed B-frames) can go backwards, while the dts is AVI's own frame counter,
+    so ``prefer_dts`` takes the dts whenever there is one.
+    """
+
+    def __init__(self, prefer_dts: bool = False) -> None:
+        self._prefer_dts = prefer_dts
+        self._last_pts: int | None = None
+        self._last_dts: int | None = None
+        self._faulty_pts = 0
+        self._faulty_dts = 0
+
+    def correct(self, pts: int | None, dts: int | None) -> int | None:
+        if dts is not None:
+            if self._last_dts is not None and dts <= self._last_dts:
+                self._faulty_dts += 1
+            self._last_dts = dts
+        if pts is not None:
+            if self._last_pts is not None and pts <= self._last_pts:
+                self._faulty_pts += 1
+            self._last_pts = pts
+        if self._prefer_dts:
+            return dts
+        if pts is not None and (self._faulty_pts <= self._faulty_dts or dts is None):
+            return pts
+        return dts
+
+
+class FrameClock:
+    """Media time of each frame: the container's, or previous + 1/fps when a frame has none."""
+
+    def __init__(self, nominal_fps: float | None) -> None:
+        self._step = 1.0 / (nominal_fps or FALLBACK_FPS)
+        self._first: float | None = None
+        self.last: float | None = None
+        self.count = 0
+        self.missing = 0
+
+    def next(self, pts_s: float | None) -> float:
+        if pts_s is None:
+            self.missing += 1
+            pts_s = 0.0 if self.last is None else self.last + self._step
+        if self._first is None:
+            self._first = pts_s
+        self.last = pts_s
+        self.count += 1
+        return pts_s
+
+    def mean_interval(self) -> float | None:
+        if self._first is None or self.last is None or self.count < 2:
+            return None
+        return (self.last - self._first) / (self.count - 1)
+
+
+def plausible_fps(rate: Any, limit: float) -> float | None:
+    try:
+        fps = float(rate) if rate is not None else 0.0
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return fps if 0 < fps <= limit else None
