@@ -10,17 +10,12 @@ from hypothesis import strategies as st
 
 from affectstream.engine.labels import EMOTIONS
 from affectstream.errors import ConfigError
-from affectstream.training.datasets import (
+from affectstream.training.datasets import Dataset, GroupBy, ProblemKind, Segment, split_by_video
+from affectstream.training.image_sets import load_ckplus, load_mug
+from affectstream.training.mosei import (
     AnnotatorRating,
-    Dataset,
-    GroupBy,
-    ProblemKind,
-    Segment,
     SegmentTime,
-    load_ckplus,
     load_mosei,
-    load_mug,
-    split_by_video,
     write_mosei_labels,
     write_segment_times,
 )

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from affectstream.errors import ConfigError
-from affectstream.training.datasets import EMOTIONS, Segment, load_ckplus
+from affectstream.training.datasets import EMOTIONS, Segment
+from affectstream.training.image_sets import load_ckplus
 from affectstream.training.sampling import (
     SamplingConfig,
     SkipReason,

@@ -12,7 +12,8 @@ import pytest
 
 from affectstream.engine.labels import EMOTIONS
 from affectstream.errors import ConfigError
-from affectstream.training.datasets import ProblemKind, SegmentTime, load_mosei
+from affectstream.training.datasets import ProblemKind
+from affectstream.training.mosei import SegmentTime, load_mosei
 from affectstream.training.synthetic import (
     NEUTRAL,
     Episode,

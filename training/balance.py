@@ -151,7 +151,7 @@ FrameReader = Callable[[str, np.ndarray], list[np.ndarray]]  # (video_id, times)
 
 def video_frame_reader(videos_dir: Path) -> FrameReader:
     """Reads the frames nearest to the given times from ``<videos_dir>/<video_id>.*`` (RGB)."""
-    from affectstream.training.datasets import find_video
+    from affectstream.training.mosei import find_video
 
     def read(video_id: str, times: np.ndarray) -> list[np.ndarray]:
         path = find_video(Path(videos_dir), video_id)

@@ -48,8 +48,9 @@ class DatasetLocation:
     threshold: float = 0.0
 
     def open(self) -> tuple[Dataset, FrameLabeler]:
-        from affectstream.training.datasets import load_ckplus, load_mosei, load_mug
         from affectstream.training.extract import SyntheticFrameLabels, no_frame_labels
+        from affectstream.training.image_sets import load_ckplus, load_mug
+        from affectstream.training.mosei import load_mosei
 
         if self.format not in FORMATS:
             raise ConfigError(f"unknown dataset format {self.format!r}: use one of {', '.join(FORMATS)}")

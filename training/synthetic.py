@@ -40,9 +40,9 @@ import numpy as np
 
 from affectstream.engine.labels import EMOTIONS
 from affectstream.errors import ConfigError
-from affectstream.training.datasets import (
+from affectstream.training.datasets import Dataset
+from affectstream.training.mosei import (
     AnnotatorRating,
-    Dataset,
     SegmentTime,
     load_mosei,
     write_mosei_labels,
