@@ -9,6 +9,7 @@ kernel launches rather than one per frame.
 
 from __future__ import annotations
 
+import abc
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -128,7 +129,7 @@ def _group_by_shape(images: Sequence[np.ndarray]) -> dict[tuple[int, int], list[
     return groups
 
 
-class TensorEncoder:
+class TensorEncoder(abc.ABC):
     """Shared ``encode`` of the backends: preprocess on the device, run ``encode_tensor``, time both.
 
     Subclasses set ``preprocessor`` and ``embed_dim`` and implement ``encode_tensor``; the pipeline
@@ -153,6 +154,6 @@ class TensorEncoder:
                               "encode": (time.perf_counter() - preprocessed) * 1e3}
         return features
 
+    @abc.abstractmethod
     def encode_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
         """Features of an already preprocessed ``(N, 3, S, S)`` batch on the device."""
-        raise NotImplementedError
