@@ -201,12 +201,13 @@ def analyze_command(args: argparse.Namespace) -> int:
         from affectstream.stream.offline import RecordingHead
 
         recorder = RecordingHead(engine.head)
+    config = pipeline_config(args, pace_files=False)
     memory, tracker = MemorySink(), OutcomeTracker()
     started = time.monotonic()
-    interrupted = _analyze_pass(path, args, engine, recorder or engine.head, FanoutSink([memory, tracker]))
+    interrupted = _analyze_pass(path, config, engine, recorder or engine.head, FanoutSink([memory, tracker]))
     messages = list(memory.messages)
     if recorder is not None:
-        messages = _rescore_whole_file(messages, recorder, engine, args)
+        messages = _rescore_whole_file(messages, recorder, engine, config.analytics)
     if args.out:
         jsonl = JsonlSink.to_path(Path(args.out))
         try:
@@ -227,9 +228,8 @@ def analyze_command(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if interrupted else status
 
 
-def _analyze_pass(path: Path, args: argparse.Namespace, engine: Engine, head: Any, sink: Sink) -> bool:
+def _analyze_pass(path: Path, config: PipelineConfig, engine: Engine, head: Any, sink: Sink) -> bool:
     """Run the file through the pipeline as fast as possible; True if Ctrl-C cut it short."""
-    config = pipeline_config(args, pace_files=False)
     pipeline = Pipeline([("file", str(path))], engine.encoder, head, sink, engine.labels, config)
     pipeline.start()
     try:
@@ -244,12 +244,12 @@ def _analyze_pass(path: Path, args: argparse.Namespace, engine: Engine, head: An
 
 
 def _rescore_whole_file(messages: list[Message], recorder: Any, engine: Engine,
-                        args: argparse.Namespace) -> list[Message]:
+                        analytics: AnalyticsConfig) -> list[Message]:
     """The bidirectional model over the whole sequence; the messages replayed with its scores."""
     from affectstream.stream.offline import replay, rescore_sequence
 
     scores, sentiment = rescore_sequence(engine.sequence_model, recorder.features("file"))
-    session = StreamSession("file", engine.labels, pipeline_config(args, pace_files=False).analytics)
+    session = StreamSession("file", engine.labels, analytics)
     return replay(messages, scores, sentiment, session)
 
 
