@@ -159,6 +159,8 @@ class Listener:
         if kind not in DATA_TYPES or (self.options.types and kind not in self.options.types):
             return False  # subscribed acks, and types from a newer protocol
         stream, seq = message.get("stream"), message.get("seq")
+        if self.options.streams and stream not in self.options.streams:
+            return False  # sent before our subscribe reached the server
         if isinstance(stream, str) and isinstance(seq, int):
             if seq <= self.last_seq.get(stream, -2) and kind in ("event", "summary"):
                 return False  # already printed before a reconnect

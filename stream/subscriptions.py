@@ -235,6 +235,7 @@ class ClientSession:
                 raise ProtocolError("bad_message", f"unknown message type(s) {unknown}: use {list(STREAM_TYPES)}")
             change = self.selection.subscribe if kind == "subscribe" else self.selection.unsubscribe
             change(streams, types)
+            self._drop_unwanted()
             self.reply({"type": "subscribed", "v": PROTOCOL_VERSION, **self.selection.describe()})
         elif kind == "resume":
             self.resume(_seq_map(request))
@@ -335,12 +336,26 @@ class ClientSession:
         for entry in self._queue:
             if entry.dead or entry.item.stream != stream:
                 continue
-            entry.dead = True
-            self._dead += 1
-            self._durable_queued -= entry.item.durable
+            self._discard(entry)
             if entry.item.coalesced:
-                self._unsent.pop((stream, entry.item.type), None)
                 cursor.held[entry.item.type] = entry.item
+
+    def _drop_unwanted(self) -> None:
+        """A new selection applies to what is still queued too: a client that subscribes right after
+        connecting must not be sent what was queued for it before the subscription arrived."""
+        for entry in self._queue:
+            item = entry.item
+            if not entry.dead and item.stream is not None and not self.selection.wants(item.stream, item.type):
+                self._discard(entry)
+
+    def _discard(self, entry: _Entry) -> None:
+        """Take a queued message back; take() skips it."""
+        item = entry.item
+        entry.dead = True
+        self._dead += 1
+        self._durable_queued -= item.durable
+        if item.coalesced and item.stream is not None:
+            self._unsent.pop((item.stream, item.type), None)
 
     def _refill_from_log(self) -> None:
         for stream, cursor in self._cursors.items():

@@ -68,6 +68,19 @@ def test_filter_by_stream_and_type() -> None:
     assert out[1]["streams"] == ["a"] and out[1]["excluded_types"] == ["estimate"]
 
 
+def test_a_subscription_also_applies_to_what_is_still_queued() -> None:
+    world = World()
+    session = world.session()
+    world.emit("a", "estimate", session)
+    wanted = world.emit("a", "event", session)
+    world.emit("b", "event", session)
+    session.handle({"type": "subscribe", "streams": ["a"], "types": ["event"]})
+    later = world.emit("a", "event", session)
+    out = drain(session)
+    assert [m for m in out if m["type"] != "subscribed"] == [wanted, later]
+    assert session.counters().durable_queued == 0
+
+
 def test_unsent_estimates_are_coalesced_and_order_is_kept() -> None:
     world = World()
     session = world.session()
