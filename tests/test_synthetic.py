@@ -17,8 +17,6 @@ from affectstream.training.mosei import SegmentTime, load_mosei
 from affectstream.training.synthetic import (
     NEUTRAL,
     Episode,
-    Identity,
-    Pose,
     SyntheticConfig,
     VideoFormat,
     expression_tracks,
@@ -26,9 +24,9 @@ from affectstream.training.synthetic import (
     frame_labels,
     generate_synthetic,
     read_ground_truth,
-    render_face,
     segment_truth,
 )
+from affectstream.training.synthetic_face import Identity, Pose, render_face
 
 SMALL = SyntheticConfig(n_videos=3, seconds=6.0, fps=10.0, size=(64, 64), segment_s=3.0, seed=7)
 
