@@ -83,10 +83,13 @@ class OutcomeTracker:
     def __init__(self) -> None:
         self.outcomes: dict[str, str] = {}
         self.estimates: dict[str, int] = {}
+        self.started: set[str] = set()
 
     def write(self, message: Message) -> None:
         if message.get("type") == "estimate":
             self.estimates[message["stream"]] = self.estimates.get(message["stream"], 0) + 1
+        elif message.get("type") == "event" and message.get("kind") == "stream_started":
+            self.started.add(message["stream"])
         elif message.get("type") == "event" and message.get("kind") in ("stream_ended", "stream_error"):
             self.outcomes[message["stream"]] = str(message.get("outcome") or message["kind"])
 
@@ -98,6 +101,8 @@ class OutcomeTracker:
 
     def stream_status(self, stream_id: str) -> int:
         outcome = self.outcomes.get(stream_id, SourceOutcome.STOPPED.value)
+        if outcome == SourceOutcome.STOPPED.value and stream_id not in self.started:
+            return EXIT_NOTHING  # a camera that never answered before Ctrl-C or --duration
         if outcome in (SourceOutcome.ENDED.value, SourceOutcome.STOPPED.value):
             return EXIT_OK
         if not self.estimates.get(stream_id) and outcome in {o.value for o in _NOTHING_READ}:

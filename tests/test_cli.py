@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -94,6 +95,17 @@ def test_missing_file_exit_status(tmp_path: Path) -> None:
     result = affectstream("analyze", str(tmp_path / "nope.mp4"), "--model", "tiny-random", cwd=tmp_path)
     assert result.returncode == 4
     assert "missing" in result.stderr
+
+
+def test_a_camera_that_never_answers_exits_4_when_stopped(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on: every connection is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = affectstream("run", f"rtsp://127.0.0.1:{port}/cam", "--model", "tiny-random", "--no-serve",
+                          "--duration", "3", cwd=tmp_path)
+    assert result.returncode == 4, result.stderr
+    kinds = [m.get("kind") for m in map(json.loads, result.stdout.splitlines()) if m["type"] == "event"]
+    assert "stream_reconnecting" in kinds and "stream_started" not in kinds
 
 
 def test_unknown_model_is_a_usage_error(short_video: Path, tmp_path: Path) -> None:
