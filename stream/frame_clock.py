@@ -13,7 +13,8 @@ class TimestampCorrector:
     Some streams attach pts in decode order; FFmpeg then falls back to the dts, which is what
     ffprobe reports as ``best_effort_timestamp``. AVI has no presentation times at all: what FFmpeg
     guesses as pts there (packed B-frames) can go backwards, while the dts is AVI's own frame counter,
-    so ``prefer_dts`` takes the dts whenever there is one.
+    so ``prefer_dts`` takes the dts, and the frame the decoder gives back at the end without one (it
+    held it back for reordering) is the next count, which is its time exactly, not a guess.
     """
 
     def __init__(self, prefer_dts: bool = False) -> None:
@@ -33,6 +34,9 @@ class TimestampCorrector:
                 self._faulty_pts += 1
             self._last_pts = pts
         if self._prefer_dts:
+            if dts is None and pts is not None and self._last_dts is not None:
+                self._last_dts += 1
+                return self._last_dts
             return dts
         if pts is not None and (self._faulty_pts <= self._faulty_dts or dts is None):
             return pts

@@ -176,6 +176,14 @@ def make_audio_only(path: Path | str, seconds: float = 1.0) -> Path:
     return path
 
 
+def make_raw_h264(path: Path | str, seconds: float = 2.0, fps: float = 10) -> Path:
+    """A bare H.264 bitstream (no container): its frames carry no timestamps at all."""
+    path = Path(path)
+    _ffmpeg("-f", "lavfi", "-i", f"testsrc=size=160x120:rate={fps}", "-t", str(seconds), "-c:v", "libx264",
+            "-f", "h264", str(path))
+    return path
+
+
 def make_truncated(path_in: Path | str, path_out: Path | str, keep: float = 0.5) -> Path:
     """The first ``keep`` share of the bytes of ``path_in``, as if a download stopped half way."""
     data = Path(path_in).read_bytes()

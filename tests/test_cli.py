@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests import media
 from tests.timeouts import scaled
 
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -126,15 +127,25 @@ def test_analyze_megamind(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (OPENCV_DATA / "Megamind_bugy.avi").exists(), reason="Debian's opencv-doc is not installed")
-def test_analyze_damaged_megamind(tmp_path: Path) -> None:
-    # Megamind_bugy.avi carries most frames without a pts (its packed B-frames lost their timestamps).
-    # Every frame decodes, so nothing is lost: the timestamps are repaired, the damage is reported,
-    # and the status is 0 (docs/cli.md: 3 only when frames were lost).
+def test_analyze_megamind_bugy_reads_every_frame(tmp_path: Path) -> None:
+    # Megamind_bugy.avi (a 30 fps re-encode of Megamind.avi that OpenCV uses for its seeking bugs) has
+    # packed B-frames: ffprobe has no pts for most of its frames. This FFmpeg decodes all 270, and AVI's
+    # frame counter times each one, so nothing is lost or guessed: status 0 and no damage.
     result = affectstream("analyze", str(OPENCV_DATA / "Megamind_bugy.avi"), "--model", "tiny-random",
                           "--summary", "s.json", cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "s.json").read_text())
     damage = summary["damage"]
-    assert damage["outcome"] == "ended" and damage["frames"] == 270
-    assert damage["missing_pts"] >= 1 and "without timestamp" in damage["detail"]
+    assert damage["outcome"] == "ended" and damage["frames"] == damage["expected_frames"] == 270
+    assert damage["missing_pts"] == 0 and damage["decode_errors"] == 0 and not damage["truncated"]
+    assert damage["last_pts"] == pytest.approx(9.0) and damage["expected_duration"] == pytest.approx(9.0)
     assert summary["frames"] > 0 and summary["end"] <= damage["expected_duration"]
+
+
+def test_frames_without_timestamps_are_damage_that_keeps_status_0(tmp_path: Path) -> None:
+    raw = media.make_raw_h264(tmp_path / "raw.h264")
+    result = affectstream("analyze", str(raw), "--model", "tiny-random", "--summary", "s.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    damage = json.loads((tmp_path / "s.json").read_text())["damage"]
+    assert damage["outcome"] == "ended" and damage["frames"] == damage["missing_pts"] == 20
+    assert "without timestamp" in damage["detail"]
