@@ -272,8 +272,7 @@ class ClientSession:
             key = (str(item.stream), item.type)
             previous = self._unsent.get(key)
             if previous is not None:
-                previous.dead = True
-                self._dead += 1
+                self._discard(previous)
                 self._coalesced += 1
             self._unsent[key] = entry
         self._queue.append(entry)
@@ -322,8 +321,7 @@ class ClientSession:
         if self._lag_notice is None and not create:
             return
         if self._lag_notice is not None:
-            self._lag_notice.dead = True
-            self._dead += 1
+            self._discard(self._lag_notice)
             self._lag_notice = None
         message = self._lag_message()
         if message is not None:

@@ -42,11 +42,17 @@ def check_stream_messages(messages: list[dict[str, Any]]) -> dict[str, list[dict
     return streams
 
 
-def test_analyze_writes_summary(short_video: Path, tmp_path: Path) -> None:
-    result = affectstream("analyze", str(short_video), "--model", "tiny-random", "--summary", "s.json",
-                          "--out", "m.jsonl", "--rate", "4", cwd=tmp_path)
+def analyze_summary(video: Path, cwd: Path, *options: str, timeout: float = 120) -> dict[str, Any]:
+    """`affectstream analyze VIDEO --model tiny-random [OPTIONS]`: it must exit 0; its summary JSON."""
+    result = affectstream("analyze", str(video), "--model", "tiny-random", "--summary", "s.json", *options,
+                          cwd=cwd, timeout=timeout)
     assert result.returncode == 0, result.stderr
-    summary = json.loads((tmp_path / "s.json").read_text())
+    summary: dict[str, Any] = json.loads((cwd / "s.json").read_text())
+    return summary
+
+
+def test_analyze_writes_summary(short_video: Path, tmp_path: Path) -> None:
+    summary = analyze_summary(short_video, tmp_path, "--out", "m.jsonl", "--rate", "4")
     assert summary["frames"] == 16
     assert set(summary["share"]) == {"anger", "happiness", "disgust", "fear", "sadness", "surprise"}
     assert summary["timeline"] and summary["top_moments"]
@@ -118,10 +124,7 @@ def test_unknown_model_is_a_usage_error(short_video: Path, tmp_path: Path) -> No
 @pytest.mark.slow
 @pytest.mark.skipif(not (OPENCV_DATA / "Megamind.avi").exists(), reason="Debian's opencv-doc is not installed")
 def test_analyze_megamind(tmp_path: Path) -> None:
-    result = affectstream("analyze", str(OPENCV_DATA / "Megamind.avi"), "--model", "tiny-random",
-                          "--summary", "s.json", cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stderr
-    summary = json.loads((tmp_path / "s.json").read_text())
+    summary = analyze_summary(OPENCV_DATA / "Megamind.avi", tmp_path, timeout=300)
     assert summary["frames"] > 10 and summary["damage"]["outcome"] == "ended"
 
 
@@ -131,10 +134,7 @@ def test_analyze_megamind_bugy_reads_every_frame(tmp_path: Path) -> None:
     # Megamind_bugy.avi (a 30 fps re-encode of Megamind.avi that OpenCV uses for its seeking bugs) has
     # packed B-frames: ffprobe has no pts for most of its frames. This FFmpeg decodes all 270, and AVI's
     # frame counter times each one, so nothing is lost or guessed: status 0 and no damage.
-    result = affectstream("analyze", str(OPENCV_DATA / "Megamind_bugy.avi"), "--model", "tiny-random",
-                          "--summary", "s.json", cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stderr
-    summary = json.loads((tmp_path / "s.json").read_text())
+    summary = analyze_summary(OPENCV_DATA / "Megamind_bugy.avi", tmp_path, timeout=300)
     damage = summary["damage"]
     assert damage["outcome"] == "ended" and damage["frames"] == damage["expected_frames"] == 270
     assert damage["missing_pts"] == 0 and damage["decode_errors"] == 0 and not damage["truncated"]
@@ -143,9 +143,6 @@ def test_analyze_megamind_bugy_reads_every_frame(tmp_path: Path) -> None:
 
 
 def test_frames_without_timestamps_are_damage_that_keeps_status_0(tmp_path: Path) -> None:
-    raw = media.make_raw_h264(tmp_path / "raw.h264")
-    result = affectstream("analyze", str(raw), "--model", "tiny-random", "--summary", "s.json", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    damage = json.loads((tmp_path / "s.json").read_text())["damage"]
+    damage = analyze_summary(media.make_raw_h264(tmp_path / "raw.h264"), tmp_path)["damage"]
     assert damage["outcome"] == "ended" and damage["frames"] == damage["missing_pts"] == 20
     assert "without timestamp" in damage["detail"]
