@@ -23,4 +23,7 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # open_clip needs torchvision, which needs PyPI's CUDA build of torch (~5 GB; it runs on the CPU too).
-.venv/bin/python -m pip install -q -e ".[${AFFECTSTREAM_EXTRAS:-}]"
+# No extras: plain "." (recent pip refuses an empty ".[]").
+requirement="."
+[ -z "${AFFECTSTREAM_EXTRAS:-}" ] || requirement=".[${AFFECTSTREAM_EXTRAS}]"
+.venv/bin/python -m pip install -q -e "$requirement"
