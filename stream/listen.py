@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from affectstream.errors import MissingExtraError
 from affectstream.stream.messages import Message
@@ -82,6 +82,17 @@ def websocket_url(url: str, token: str | None) -> str:
     return urlunsplit((scheme, parts.netloc, path, query, ""))
 
 
+def with_resume(url: str, last_seq: dict[str, int]) -> str:
+    """``url`` asking the server to resume after ``last_seq`` before it sends anything live (a
+    `resume` message sent after connecting could cross live messages already on the wire)."""
+    if not last_seq:
+        return url
+    parts = urlsplit(url)
+    kept = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True) if key != "resume"]
+    query = urlencode([*kept, ("resume", json.dumps(last_seq, separators=(",", ":")))])
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+
+
 def run_listen(args: argparse.Namespace, environment: dict[str, str]) -> int:
     try:
         return Listener(options_from_args(args, environment), sys.stdout).run()
@@ -107,7 +118,7 @@ class Listener:
         attempts = 0
         while True:
             try:
-                with connect(self.options.url, open_timeout=10) as connection:
+                with connect(with_resume(self.options.url, self.last_seq), open_timeout=10) as connection:
                     attempts = 0
                     if self._session(connection):
                         return EXIT_OK
@@ -138,8 +149,6 @@ class Listener:
             selection["types"] = [t for t in self.options.types if t != "hello"]
         if selection:
             connection.send(json.dumps({"type": "subscribe", **selection}))
-        if self.last_seq:
-            connection.send(json.dumps({"type": "resume", "streams": self.last_seq}))
         for text in connection:
             message = json.loads(text)
             if self._handle(connection, message, text):

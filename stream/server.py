@@ -7,8 +7,8 @@ stores durable messages in the event log, and hands every message to each client
 client sends what its session releases, at the pace its socket accepts: a client that stops reading
 only fills its own bounded queue, then is told it lagged, so it never slows the pipeline or others.
 
-Admission happens before the upgrade, in ``process_request``: token (401), Origin (403), connection
-cap (503). Plain HTTP GETs get the dashboard's files.
+Admission happens before the upgrade, in ``process_request``: token (401), Origin (403), a malformed
+``?resume=`` (400), connection cap (503). Plain HTTP GETs get the dashboard's files.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from affectstream._version import PROTOCOL_VERSION
 from affectstream.errors import AffectstreamError, ConfigError, MissingExtraError
 from affectstream.stream.eventlog import EventLog, EventLogConfig
 from affectstream.stream.messages import Message, encode
-from affectstream.stream.subscriptions import ClientSession, Outgoing, ProtocolError
+from affectstream.stream.subscriptions import ClientSession, Outgoing, ProtocolError, resume_in_query
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -310,6 +310,10 @@ class StreamServer:
             return connection.respond(http.HTTPStatus.FORBIDDEN,
                                       f"Origin {origin} is not allowed: start the server with "
                                       f"--allow-origin {origin}\n")
+        try:
+            resume_in_query(urlsplit(request.path).query)
+        except ProtocolError as error:
+            return connection.respond(http.HTTPStatus.BAD_REQUEST, f"{error}\n")
         if len(self._clients) >= self.config.max_connections:
             response = connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
                                           f"connection cap of {self.config.max_connections} reached; retry later\n")
@@ -350,6 +354,10 @@ class StreamServer:
         self._clients.add(client)
         log.debug("client %s connected (%d now)", connection.remote_address, len(self._clients))
         client.session.reply(self._hello())
+        # Before the first await: no live message can be offered to this client ahead of its resume.
+        resume = resume_in_query(urlsplit(connection.request.path).query) if connection.request else {}
+        if resume:
+            client.session.resume(resume)
         client.wake.set()
         reader = asyncio.create_task(self._read(client))
         try:

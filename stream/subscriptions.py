@@ -14,16 +14,20 @@ a thread or a clock, so the delivery rules are tested directly (tests/test_subsc
 * **Resume** replays durable messages from the event log (``fetch``) page by page as the queue
   drains, then switches the stream back to live, with neither gaps nor duplicates: live durable
   messages of a replaying stream are skipped (the log has them), and the newest estimate/stats seen
-  meanwhile is delivered once the replay has caught up.
+  meanwhile is delivered once the replay has caught up. A reconnecting client puts it in its URL
+  (``?resume=``, ``resume_in_query``): applied before anything live is queued, it cannot cross live
+  messages already on the wire, as a ``resume`` message sent after connecting can.
 """
 
 from __future__ import annotations
 
 import collections
 import enum
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 from affectstream._version import PROTOCOL_VERSION
 from affectstream.stream.eventlog import DURABLE_TYPES, StoredMessage
@@ -389,6 +393,20 @@ def _string_set(request: dict[str, Any], key: str) -> frozenset[str] | None:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ProtocolError("bad_message", f"'{key}' must be a list of strings")
     return frozenset(value)
+
+
+def resume_in_query(query: str) -> dict[str, int]:
+    """The ``resume`` of a websocket URL (``?resume={"cam":41}``, JSON, URL-encoded): applied before the
+    connection sends anything, so nothing live crosses it; empty when the URL has none."""
+    values = parse_qs(query).get("resume")
+    if not values:
+        return {}
+    try:
+        decoded = json.loads(values[-1])
+    except (ValueError, RecursionError) as error:
+        raise ProtocolError("bad_message", f"?resume= must be URL-encoded JSON such as "
+                            f"{{\"cam\": 41}} ({str(error)[:80]})") from error
+    return _seq_map({"streams": decoded})
 
 
 def _seq_map(request: dict[str, Any]) -> dict[str, int]:

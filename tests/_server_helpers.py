@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlencode
 
 from affectstream.engine.labels import EMOTIONS
 from affectstream.stream.messages import EventKind, Message, MessageType, StreamMessages, hello, wall_ms
@@ -101,8 +102,9 @@ def start_server(**settings: Any) -> StreamServer:
     return server
 
 
-def url(server: StreamServer, token: str | None = None) -> str:
-    return server.url + (f"?token={token}" if token else "")
+def url(server: StreamServer, token: str | None = None, resume: dict[str, int] | None = None) -> str:
+    query = {**({"token": token} if token else {}), **({"resume": json.dumps(resume)} if resume is not None else {})}
+    return server.url + (f"?{urlencode(query)}" if query else "")
 
 
 async def receive_until(connection: Any, predicate: Any, timeout: float) -> list[Message]:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from affectstream.stream.listen import format_message, websocket_url
+from affectstream.stream.listen import format_message, websocket_url, with_resume
+from affectstream.stream.subscriptions import resume_in_query
 from tests._server_helpers import Publisher, make_hello, start_server
 from tests.timeouts import scaled
 
@@ -27,6 +28,13 @@ def test_urls_people_type_become_websocket_urls() -> None:
     assert websocket_url("127.0.0.1:8765", None) == "ws://127.0.0.1:8765/ws"
     assert websocket_url("http://h:1/", "t") == "ws://h:1/ws?token=t"
     assert websocket_url("wss://h/ws?a=1", "t") == "wss://h/ws?a=1&token=t"
+
+
+def test_a_reconnection_resumes_in_the_url() -> None:
+    assert with_resume("ws://h:1/ws?token=t", {}) == "ws://h:1/ws?token=t"
+    resumed = with_resume("ws://h:1/ws?token=t&resume=%7B%7D", {"cam": 41, "talk": -1})
+    assert resumed.startswith("ws://h:1/ws?token=t&resume=")
+    assert resume_in_query(resumed.split("?", 1)[1]) == {"cam": 41, "talk": -1}
 
 
 def test_readable_lines() -> None:

@@ -87,6 +87,8 @@ def test_admission_token_origin_and_cap() -> None:
         assert rejected_status(url(server)) == 401
         assert rejected_status(url(server, "wrong")) == 401
         assert rejected_status(url(server, "s3cret"), origin=Origin("http://evil.example")) == 403
+        assert rejected_status(url(server, "s3cret") + "&resume=%7Bcam") == 400
+        assert rejected_status(url(server, "s3cret", resume={"cam": -2})) == 400
 
         async def admitted() -> None:
             same_origin = Origin(f"http://127.0.0.1:{server.port}")
@@ -142,8 +144,8 @@ def test_resume_replays_what_was_missed_then_goes_live(server: StreamServer) -> 
                 first = await receive_until(client, lambda m: m["type"] == "event" and m["seq"] > 10, scaled(10))
             await asyncio.sleep(1.0)  # events go by while it is away
             last = {s: max(m["seq"] for m in first if m.get("stream") == s) for s in ("cam", "file")}
-            async with connect(server.url) as client:
-                await client.send(json.dumps({"type": "resume", "streams": last}))
+            # In the URL, so that nothing live crosses it (a `resume` message sent now could).
+            async with connect(url(server, resume=last)) as client:
                 target = max(publisher.durable("cam"), key=lambda m: m["seq"])["seq"] + 20
                 second = await receive_until(
                     client, lambda m: m.get("stream") == "cam" and m["seq"] > target, scaled(10))
@@ -180,8 +182,7 @@ def test_resume_across_a_server_restart_loses_no_event(tmp_path: Path) -> None:
                           first_seq={s: server.next_seq(s) for s in ("cam", "file")}).start()
     try:
         async def resume() -> list[dict[str, Any]]:
-            async with connect(server.url) as client:
-                await client.send(json.dumps({"type": "resume", "streams": last}))
+            async with connect(url(server, resume=last)) as client:
                 return await receive_until(
                     client, lambda m: m["type"] == "event" and m["stream"] == "cam"
                     and m["seq"] >= server.next_seq("cam") - 1 and len(restarted.durable("cam")) > 2, scaled(10))

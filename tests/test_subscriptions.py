@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from affectstream.stream.eventlog import EventLog, EventLogConfig
 from affectstream.stream.messages import EventKind, Message, MessageType, StreamMessages, encode, wall_ms
-from affectstream.stream.subscriptions import ClientSession, Outgoing, ProtocolError
+from affectstream.stream.subscriptions import ClientSession, Outgoing, ProtocolError, resume_in_query
 
 
 class World:
@@ -159,6 +159,22 @@ def test_bad_client_messages_raise_a_coded_error(request_: object, code: str) ->
     with pytest.raises(ProtocolError) as caught:
         World().session().handle(request_)
     assert caught.value.code == code
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("", {}),
+    ("token=x", {}),
+    ("token=x&resume=%7B%22cam%22%3A41%2C%22talk%22%3A-1%7D", {"cam": 41, "talk": -1}),
+])
+def test_resume_in_the_url(query: str, expected: dict[str, int]) -> None:
+    assert resume_in_query(query) == expected
+
+
+@pytest.mark.parametrize("query", ["resume=%7Bcam", "resume=%5B1%5D", "resume=%7B%22cam%22%3A-2%7D",
+                                   "resume=%7B%22cam%22%3Atrue%7D"])
+def test_a_malformed_resume_in_the_url_says_the_form(query: str) -> None:
+    with pytest.raises(ProtocolError, match="resume|seq"):
+        resume_in_query(query)
 
 
 @settings(max_examples=60, deadline=None)

@@ -20,8 +20,14 @@ const state = {
 function socketUrl() {
   const params = new URLSearchParams(location.search);
   const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const query = new URLSearchParams();
   const token = params.get("token");
-  return `${scheme}://${location.host}/ws` + (token ? `?token=${encodeURIComponent(token)}` : "");
+  if (token) query.set("token", token);
+  // A reconnection resumes in the URL, so that the server replays what was missed before it sends
+  // anything live: a `resume` message sent after opening could cross live events already on the wire.
+  if (Object.keys(state.lastSeq).length) query.set("resume", JSON.stringify(state.lastSeq));
+  const search = query.toString();
+  return `${scheme}://${location.host}/ws` + (search ? `?${search}` : "");
 }
 
 function setConnection(text, kind) {
@@ -37,9 +43,6 @@ function connect() {
   socket.onopen = () => {
     state.attempts = 0;
     setConnection("live", "open");
-    if (Object.keys(state.lastSeq).length) {
-      socket.send(JSON.stringify({ type: "resume", streams: state.lastSeq }));
-    }
   };
   socket.onmessage = (event) => {
     let message;
@@ -77,8 +80,8 @@ function onHello(message) {
   const model = message.model || {};
   document.getElementById("model").textContent = [model.backbone, model.head].filter(Boolean).join(" · ");
   (message.streams || []).forEach(card);
-  // On the first connection, show the events and summaries the server's log still keeps; on a
-  // reconnection, onopen has already asked for exactly what was missed.
+  // On the first connection, show the events and summaries the server's log still keeps (live ones
+  // sent meanwhile come again: onEvent shows each seq once); a reconnection resumed in its URL.
   const fresh = (message.streams || []).filter((stream) => state.lastSeq[stream] === undefined);
   if (fresh.length && state.socket) {
     const after = {};
@@ -151,6 +154,9 @@ function onEstimate(message) {
 
 function onSummary(message) {
   const entry = card(message.stream);
+  const seq = Number.isInteger(message.seq) ? message.seq : -1;
+  if (seq < (entry.summarySeq ?? -1)) return;  // a replayed summary older than the one shown
+  entry.summarySeq = seq;
   const dominant = message.dominant ?? message.dominant_label;
   if (dominant) entry.node.querySelector(".dominant").textContent = `mostly ${dominant}`;
 }
@@ -158,16 +164,20 @@ function onSummary(message) {
 function onEvent(message) {
   const entry = card(message.stream);
   const list = entry.node.querySelector(".events");
+  const seq = Number.isInteger(message.seq) ? message.seq : -1;
+  if (seq >= 0 && list.querySelector(`li[data-seq="${seq}"]`)) return;  // already shown
   const item = document.createElement("li");
   item.dataset.kind = message.kind;
-  item.dataset.seq = String(message.seq);
+  item.dataset.seq = String(seq);
   const kind = document.createElement("span");
   kind.className = "kind";
   kind.textContent = message.kind;
   const when = Number(message.ts ?? 0).toFixed(1).padStart(7, " ");
   const value = typeof message.value === "number" ? ` ${message.value.toFixed(2)}` : "";
   item.append(`${when}s `, kind, ` ${message.label ?? ""}${value}`);
-  list.prepend(item);
+  // Newest first, by seq: a replayed older event goes below the live ones that overtook it.
+  const below = [...list.children].find((other) => Number(other.dataset.seq) < seq);
+  list.insertBefore(item, below ?? null);
   while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
 }
 
