@@ -138,6 +138,8 @@ def _configure_logging(verbosity: int) -> None:
     logging.basicConfig(level=logging.DEBUG if verbosity >= 2 else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.DEBUG if verbosity else logging.INFO)
+    # huggingface_hub prints through a stderr handler of its own: without this, each line came twice.
+    logging.getLogger("huggingface_hub").propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from affectstream.engine.hub import hub_unreachable, weights_in_cache
 from affectstream.errors import BundleError, ConfigError, ModelError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,14 @@ def build_clip(spec: ModelSpec, device: str = "cpu") -> Any:
 def _create_from_tag(spec: ModelSpec) -> Any:
     import open_clip
 
+    # Not yet downloaded and the hub's name does not resolve: say so now, not after huggingface_hub's
+    # ~50 s of retries. A downloaded copy is left to huggingface_hub, which falls back to it at once.
+    tag = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained or "")
+    downloads = bool(tag.get("hf_hub")) and weights_in_cache(tag) is None
+    unreachable = hub_unreachable() if downloads else None
     try:
+        if unreachable is not None:
+            raise OSError(unreachable)
         return open_clip.create_model(spec.arch, pretrained=spec.pretrained, force_quick_gelu=spec.quick_gelu)
     except (RuntimeError, OSError, ValueError) as error:
         # open_clip wraps every download failure (no network, HF offline mode, no such file on the
