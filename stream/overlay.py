@@ -6,6 +6,7 @@ must run on the main thread, as OpenCV's HighGUI requires.
 
 from __future__ import annotations
 
+import collections
 import threading
 from typing import Any
 
@@ -16,6 +17,7 @@ from affectstream.errors import MissingExtraError
 from affectstream.stream.frames import VideoFrame
 from affectstream.stream.messages import Message
 
+_SAME_TIME_S = 1e-5  # estimates carry their frame's pts rounded to the microsecond
 _BAR_COLOURS = [(60, 60, 230), (60, 200, 250), (80, 160, 60), (200, 120, 160), (200, 120, 40), (40, 200, 200)]
 
 
@@ -50,28 +52,47 @@ def gui_available() -> bool:
 
 
 class OverlayWindow:
-    """Keeps the newest sampled frame and estimate per stream; shows them when ``run`` is called."""
+    """Shows each stream's newest estimate on the frame it was computed from.
 
-    def __init__(self, labels: tuple[str, ...]) -> None:
+    Sampled frames wait here until their estimate arrives (an estimate's ``ts`` is its frame's
+    ``pts``), so the bars never describe a face the window no longer shows; the picture lags the
+    camera by the pipeline's latency. Before the first estimate, the newest frame is shown bare.
+    """
+
+    def __init__(self, labels: tuple[str, ...], max_waiting: int = 32) -> None:
         self._labels = labels
         self._lock = threading.Lock()
-        self._frames: dict[str, np.ndarray] = {}
-        self._estimates: dict[str, Message] = {}
+        self._waiting: dict[str, collections.deque[VideoFrame]] = {}
+        self._shown: dict[str, tuple[np.ndarray, Message]] = {}
+        self._max_waiting = max_waiting
 
     def on_frame(self, frame: VideoFrame) -> None:
         with self._lock:
-            self._frames[frame.stream_id] = frame.image
+            waiting = self._waiting.setdefault(frame.stream_id, collections.deque(maxlen=self._max_waiting))
+            waiting.append(frame)
 
     def on_message(self, message: Message) -> None:
-        if message.get("type") == "estimate":
-            with self._lock:
-                self._estimates[message["stream"]] = message
+        if message.get("type") != "estimate":
+            return
+        stream_id, ts = message["stream"], float(message.get("ts", 0.0))
+        with self._lock:
+            waiting = self._waiting.get(stream_id) or collections.deque()
+            position = next((i for i, frame in enumerate(waiting) if abs(frame.pts - ts) < _SAME_TIME_S), None)
+            if position is not None:
+                for _ in range(position):
+                    waiting.popleft()  # older frames: their estimates came already or never will
+                self._shown[stream_id] = (waiting.popleft().image, message)
+            elif stream_id in self._shown:  # its frame was evicted: keep the picture, update the bars
+                self._shown[stream_id] = (self._shown[stream_id][0], message)
 
     def render(self, stream_id: str) -> np.ndarray | None:
         with self._lock:
-            image = self._frames.get(stream_id)
-            estimate = self._estimates.get(stream_id)
-        return None if image is None else draw_overlay(image, self._labels, estimate)
+            shown = self._shown.get(stream_id)
+            waiting = self._waiting.get(stream_id)
+            newest = waiting[-1].image if waiting else None
+        if shown is not None:
+            return draw_overlay(shown[0], self._labels, shown[1])
+        return None if newest is None else draw_overlay(newest, self._labels, None)
 
     def run(self, stop: threading.Event, done: threading.Event) -> None:
         """Show one window per stream until stop/done is set or the user presses q or Esc."""
@@ -80,7 +101,7 @@ class OverlayWindow:
         try:
             while not stop.is_set() and not done.is_set():
                 with self._lock:
-                    stream_ids = list(self._frames)
+                    stream_ids = sorted(set(self._waiting) | set(self._shown))
                 for stream_id in stream_ids:
                     canvas = self.render(stream_id)
                     if canvas is not None:

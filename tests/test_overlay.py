@@ -1,4 +1,4 @@
-"""`--show`: the pure drawing, the newest-frame bookkeeping, and the message without a GUI build."""
+"""`--show`: the pure drawing, pairing each estimate with its frame, and the message without a GUI build."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from affectstream.stream.frames import VideoFrame
 from affectstream.stream.overlay import OverlayWindow, draw_overlay, gui_available
 
 
-def frame(stream: str, value: int, size: tuple[int, int] = (480, 360)) -> VideoFrame:
+def frame(stream: str, value: int, size: tuple[int, int] = (480, 360), pts: float = 0.0) -> VideoFrame:
     image = np.full((size[1], size[0], 3), value, np.uint8)
-    return VideoFrame(stream, 0, 0.0, 0, 0, image)
+    return VideoFrame(stream, 0, pts, 0, 0, image)
 
 
-def estimate(stream: str, anger: float) -> dict[str, object]:
+def estimate(stream: str, anger: float, ts: float = 1.5) -> dict[str, object]:
     scores = dict.fromkeys(EMOTIONS, 0.0)
     scores["anger"] = anger
-    return {"type": "estimate", "stream": stream, "ts": 1.5, "scores": scores, "sentiment": -0.25}
+    return {"type": "estimate", "stream": stream, "ts": ts, "scores": scores, "sentiment": -0.25}
 
 
 def bar_length(canvas: np.ndarray, row: int) -> int:
@@ -45,20 +45,39 @@ def test_small_frames_are_enlarged_so_that_the_text_fits() -> None:
     assert canvas.shape[1] >= 480 and canvas.shape[0] == 360
 
 
-def test_the_window_shows_each_stream_with_its_newest_frame_and_estimate() -> None:
+def test_the_window_shows_each_estimate_on_the_frame_it_was_computed_from() -> None:
     window = OverlayWindow(EMOTIONS)
     assert window.render("a") is None
-    window.on_frame(frame("a", 10))
-    window.on_frame(frame("a", 90))
+    for pts, value in ((1.0, 10), (1.25, 50), (1.5, 90)):
+        window.on_frame(frame("a", value, pts=pts))
     window.on_frame(frame("b", 200))
-    window.on_message(estimate("a", 0.1))
-    window.on_message(estimate("a", 0.8))
+    first = window.render("a")
+    assert first is not None and tuple(first[-1, -1]) == (90, 90, 90), "no estimate yet: the newest frame"
+    window.on_message(estimate("a", 0.8, ts=1.25))
     window.on_message({"type": "summary", "stream": "a"})
     shown = window.render("a")
-    assert shown is not None and tuple(shown[-1, -1]) == (90, 90, 90)
-    assert bar_length(shown, 0) == bar_length(draw_overlay(frame("a", 90).image, EMOTIONS, estimate("a", 0.8)), 0)
+    assert shown is not None and tuple(shown[-1, -1]) == (50, 50, 50), "the frame of ts 1.25, not the newest"
+    assert bar_length(shown, 0) == bar_length(draw_overlay(frame("a", 50).image, EMOTIONS, estimate("a", 0.8)), 0)
+    window.on_message(estimate("a", 0.1, ts=1.5))
+    later = window.render("a")
+    assert later is not None and tuple(later[-1, -1]) == (90, 90, 90)
+    assert bar_length(later, 0) < bar_length(shown, 0)
+    window.on_message(estimate("a", 0.9, ts=9.0))  # a frame this window never saw: same picture, new bars
+    kept = window.render("a")
+    assert kept is not None and tuple(kept[-1, -1]) == (90, 90, 90) and bar_length(kept, 0) > bar_length(later, 0)
     plain = window.render("b")
     assert plain is not None and np.array_equal(plain, draw_overlay(frame("b", 200).image, EMOTIONS, None))
+
+
+def test_frames_waiting_for_an_estimate_are_bounded() -> None:
+    window = OverlayWindow(EMOTIONS, max_waiting=4)
+    for index in range(100):
+        window.on_frame(frame("a", index, pts=index / 10))
+    window.on_message(estimate("a", 0.5, ts=0.2))  # evicted long ago
+    assert window.render("a") is not None
+    window.on_message(estimate("a", 0.5, ts=9.7))
+    shown = window.render("a")
+    assert shown is not None and tuple(shown[-1, -1]) == (97, 97, 97)
 
 
 @pytest.mark.skipif(gui_available(), reason="this OpenCV build has a GUI")
