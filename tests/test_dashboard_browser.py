@@ -121,6 +121,9 @@ def feed_from_the_publisher(page: Any, tmp_path: Path) -> None:
         seen = check_it_moves(page)
         save_screenshot(page, tmp_path, "dashboard.png")
         assert page.locator(".stream").count() == 2
+        # The first connection asks for the log's history while live events arrive: each shown once.
+        assert len(seen["events"]) == len(set(seen["events"]))
+        assert seen["events"] == sorted(seen["events"], reverse=True), "newest first, by seq"
         port = server.port
         publisher.stop()
         server.stop()
@@ -135,6 +138,7 @@ def feed_from_the_publisher(page: Any, tmp_path: Path) -> None:
         server.stop()
     shown = sorted(after["events"])
     assert len(shown) == len(set(shown)), "no event shown twice after resuming"
+    assert after["events"] == sorted(after["events"], reverse=True), "newest first, by seq"
     expected = sorted(m["seq"] for m in publisher.durable("cam") if m["type"] == "event")
     assert set(expected[:3]) <= set(shown)
 
