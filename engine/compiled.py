@@ -66,15 +66,10 @@ class CompiledTorchEncoder(TensorEncoder):
 
     def __init__(self, compiled: Callable[[torch.Tensor], torch.Tensor], preprocessor: Preprocessor,
                  spec: ModelSpec, device: str, precision: Precision, config: CompileConfig) -> None:
+        super().__init__(preprocessor, spec, device)
         self._compiled = compiled
-        self.preprocessor = preprocessor
-        self.spec = spec
-        self.device = device
         self.precision = precision
         self.config = config
-        self.embed_dim = spec.embed_dim
-        self.image_size = spec.image_size
-        self.last_stage_ms: dict[str, float] = {}
         self._cuda_graphs = config.mode_for(device) == "reduce-overhead"
 
     @classmethod

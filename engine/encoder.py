@@ -65,14 +65,9 @@ class TorchEncoder(TensorEncoder):
         device: str,
         precision: Precision = Precision.FP32,
     ) -> None:
+        super().__init__(preprocessor, spec, device)
         self.visual = model_visual
-        self.preprocessor = preprocessor
-        self.spec = spec
-        self.device = device
         self.precision = precision
-        self.embed_dim = spec.embed_dim
-        self.image_size = spec.image_size
-        self.last_stage_ms: dict[str, float] = {}
 
     @classmethod
     def from_spec(

@@ -90,15 +90,10 @@ class OrtEncoder(TensorEncoder):
 
     def __init__(self, session: Any, preprocessor: Preprocessor, spec: ModelSpec, device: str,
                  precision: str, path: Path) -> None:
+        super().__init__(preprocessor, spec, device)
         self.session = session
-        self.preprocessor = preprocessor
-        self.spec = spec
-        self.device = device
         self.precision = precision
         self.path = path
-        self.embed_dim = spec.embed_dim
-        self.image_size = spec.image_size
-        self.last_stage_ms: dict[str, float] = {}
 
     @classmethod
     def from_file(cls, path: Path, spec: ModelSpec, device: str = "cpu", precision: str = "fp32",

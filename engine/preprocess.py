@@ -12,13 +12,16 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from affectstream.errors import ConfigError
+
+if TYPE_CHECKING:
+    from affectstream.engine.models import ModelSpec
 
 RESIZE_MODES = ("shortest", "longest", "squash")
 INTERPOLATIONS = ("bicubic", "bilinear")
@@ -132,13 +135,17 @@ def _group_by_shape(images: Sequence[np.ndarray]) -> dict[tuple[int, int], list[
 class TensorEncoder(abc.ABC):
     """Shared ``encode`` of the backends: preprocess on the device, run ``encode_tensor``, time both.
 
-    Subclasses set ``preprocessor`` and ``embed_dim`` and implement ``encode_tensor``; the pipeline
-    reads ``last_stage_ms`` after each call for its per-stage latencies.
+    Subclasses call ``__init__`` with what every backend has and implement ``encode_tensor``; the
+    pipeline reads ``last_stage_ms`` after each call for its per-stage latencies.
     """
 
-    preprocessor: Preprocessor
-    embed_dim: int
-    last_stage_ms: dict[str, float]
+    def __init__(self, preprocessor: Preprocessor, spec: ModelSpec, device: str) -> None:
+        self.preprocessor = preprocessor
+        self.spec = spec
+        self.device = device
+        self.embed_dim = spec.embed_dim
+        self.image_size = spec.image_size
+        self.last_stage_ms: dict[str, float] = {}
 
     def encode(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """``(N, embed_dim)`` float32 features of unit L2 norm, one row per frame."""

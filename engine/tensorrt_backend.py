@@ -148,16 +148,11 @@ class TensorRtEncoder(TensorEncoder):
 
     def __init__(self, engine: Any, preprocessor: Preprocessor, spec: ModelSpec, device: str,
                  batch_range: tuple[int, int], plan: Path) -> None:
+        super().__init__(preprocessor, spec, device)
         self.engine = engine
         self.context = engine.create_execution_context()
-        self.preprocessor = preprocessor
-        self.spec = spec
-        self.device = device
-        self.embed_dim = spec.embed_dim
-        self.image_size = spec.image_size
         self.min_batch, self.max_batch = batch_range
         self.plan = plan
-        self.last_stage_ms: dict[str, float] = {}
 
     @classmethod
     def from_plan(cls, plan: Path, spec: ModelSpec, device: str) -> TensorRtEncoder:
