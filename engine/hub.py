@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-# open_clip's names (open_clip/constants.py): the file a hub repo holds when the tag names none,
-# and its safetensors twin, which open_clip tries first.
-HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"
-HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
-
 
 def hub_file_names(hf_hub: str) -> tuple[str, list[str]]:
-    """The repo id and the file names open_clip tries for a tag's ``hf_hub`` entry, in its order."""
+    """The repo id and the file names open_clip tries for a tag's ``hf_hub`` entry, in its order
+    (open_clip.pretrained.download_pretrained_from_hf, whose safetensors rule is private there)."""
+    # The file a hub repo holds when the tag names none, and its safetensors twin, tried first.
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
     # As open_clip splits it: "org/repo/" names the repo alone, "org/repo/file.bin" a file in it.
     repo_id, filename = os.path.split(hf_hub)
     filename = filename or HF_WEIGHTS_NAME

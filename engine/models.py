@@ -259,20 +259,22 @@ def _create_from_tag(spec: ModelSpec) -> Any:
     # Not yet downloaded and the hub's name does not resolve: say so now, not after huggingface_hub's
     # ~50 s of retries. A downloaded copy is left to huggingface_hub, which falls back to it at once.
     tag = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained or "")
-    downloads = bool(tag.get("hf_hub")) and weights_in_cache(tag) is None
-    unreachable = hub_unreachable() if downloads else None
+    if tag.get("hf_hub") and weights_in_cache(tag) is None and (unreachable := hub_unreachable()) is not None:
+        raise _weights_unavailable(spec, unreachable)
     try:
-        if unreachable is not None:
-            raise OSError(unreachable)
         return open_clip.create_model(spec.arch, pretrained=spec.pretrained, force_quick_gelu=spec.quick_gelu)
     except (RuntimeError, OSError, ValueError) as error:
         # open_clip wraps every download failure (no network, HF offline mode, no such file on the
         # hub) in a RuntimeError.
-        raise WeightsUnavailableError(
-            f"cannot fetch the {spec.arch} weights {spec.pretrained!r} (offline, or the hub is out of "
-            f"reach: {error}). Download them where the hub is reachable{_where_to_download(spec)} and "
-            f"pass the local file: `--model {_file_arch(spec)}:/path/to/open_clip_model.safetensors`"
-        ) from error
+        raise _weights_unavailable(spec, str(error)) from error
+
+
+def _weights_unavailable(spec: ModelSpec, reason: str) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"cannot fetch the {spec.arch} weights {spec.pretrained!r} (offline, or the hub is out of "
+        f"reach: {reason}). Download them where the hub is reachable{_where_to_download(spec)} and "
+        f"pass the local file: `--model {_file_arch(spec)}:/path/to/open_clip_model.safetensors`"
+    )
 
 
 def _where_to_download(spec: ModelSpec) -> str:
