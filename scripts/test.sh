@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 AFFECTSTREAM_EXTRAS="test,server,onnx,plots" bash scripts/setup.sh
 .venv/bin/ruff check affectstream stream engine training benchmarks tests
-.venv/bin/mypy
+bash scripts/typecheck.sh
 .venv/bin/python -m pytest "$@"
