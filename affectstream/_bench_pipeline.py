@@ -9,7 +9,6 @@ The stages between come from the pipeline's own ``latency_ms`` (queue, preproces
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -21,10 +20,10 @@ from affectstream.engine.interfaces import ImageEncoder, TemporalHead
 from affectstream.engine.labels import EMOTIONS
 from affectstream.stream.batcher import BatchConfig
 from affectstream.stream.frames import VideoFrame
-from affectstream.stream.messages import Message
+from affectstream.stream.messages import Estimate, Record
 from affectstream.stream.pacing import PacedSource
 from affectstream.stream.pipeline import Pipeline, PipelineConfig
-from affectstream.stream.sources import Source, SourceConfig, SourceInfo, open_source
+from affectstream.stream.sources import Source, SourceConfig, SourceWrapper, open_source
 from affectstream.stream.stats import percentiles
 
 STAGES = ("decode", "queue", "preprocess", "encode", "head", "serialize", "send")
@@ -46,15 +45,12 @@ class _Registry:
             return self._items.pop(key, None)
 
 
-class _DecodeTimer:
+class _DecodeTimer(SourceWrapper):
     """Wraps a source and keeps how long its last ``read`` (demux + decode) took."""
 
     def __init__(self, inner: Source) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.last_ms = 0.0
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._inner, name)
 
     def read(self) -> VideoFrame | None:
         started = time.perf_counter()
@@ -63,20 +59,14 @@ class _DecodeTimer:
         return frame
 
 
-class TimedSource:
+class TimedSource(SourceWrapper):
     """Wraps a source: times each decode, paces to media time if asked (the runtime's own
     ``PacedSource``), and registers each frame's capture time for the sink."""
 
     def __init__(self, inner: Source, registry: _Registry, stop: threading.Event, pace: bool) -> None:
         self._timer = _DecodeTimer(inner)
-        self._inner: Source = PacedSource(self._timer, stop) if pace else self._timer  # type: ignore[assignment]
+        super().__init__(PacedSource(self._timer, stop) if pace else self._timer)
         self._registry = registry
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._inner, name)
-
-    def open(self) -> SourceInfo:
-        return self._inner.open()
 
     def read(self) -> VideoFrame | None:
         frame = self._inner.read()
@@ -84,9 +74,6 @@ class TimedSource:
             # captured_ns: when the grabber holds the decoded frame (for a paced file, its release).
             self._registry.put((frame.stream_id, round(frame.pts, 6)), (frame.captured_ns, self._timer.last_ms))
         return frame
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 class LatencySink:
@@ -104,20 +91,20 @@ class LatencySink:
         while self._receive.recv(1 << 16):
             pass
 
-    def write(self, message: Message) -> None:
+    def write(self, message: Record) -> None:
         started = time.perf_counter_ns()
-        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        data = (message.text + "\n").encode()
         serialized = time.perf_counter_ns()
         self._send.sendall(data)
         sent = time.monotonic_ns()
-        if message.get("type") != "estimate":
+        if not isinstance(message, Estimate):
             return
-        origin = self._registry.pop((message["stream"], message["ts"]))
+        origin = self._registry.pop((message.stream, round(message.ts, 6)))
         if origin is None:
             return
         captured, decode_ms = origin
         self.totals_ms.append((sent - captured) / 1e6)
-        stages = {**message.get("latency_ms", {}), "decode": decode_ms,
+        stages = {**(message.latency_ms or {}), "decode": decode_ms,
                   "serialize": (serialized - started) / 1e6, "send": (time.perf_counter_ns() - serialized) / 1e6}
         for stage in STAGES:
             if stage in stages:

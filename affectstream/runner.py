@@ -9,17 +9,18 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from affectstream.engine.runtime import Engine, EngineChoice, load_engine
 from affectstream.errors import ConfigError, SourceOutcome
 from affectstream.stream.batcher import BatchConfig
-from affectstream.stream.messages import Message
-from affectstream.stream.pipeline import Pipeline, PipelineConfig
+from affectstream.stream.messages import StreamRecord
+from affectstream.stream.pipeline import Pipeline, PipelineConfig, StreamOutcome
 from affectstream.stream.session import AnalyticsConfig, StreamSession
 from affectstream.stream.sinks import FanoutSink, JsonlSink, MemorySink, Sink
-from affectstream.stream.sources import SourceConfig
+from affectstream.stream.sources import SourceConfig, SourceKind, classify_uri
 
 log = logging.getLogger("affectstream")
 
@@ -77,44 +78,24 @@ def engine_from_args(args: argparse.Namespace, offline: bool = False) -> Engine:
     ))
 
 
-class OutcomeTracker:
-    """A sink that remembers how each stream ended, for the exit status."""
+def stream_status(outcome: StreamOutcome) -> int:
+    """The exit status one stream earns (docs/cli.md)."""
+    if not outcome.ended or outcome.outcome is SourceOutcome.STOPPED:
+        # Stopped (Ctrl-C, --duration): fine if it ever started; a camera that never answered is not.
+        return EXIT_OK if outcome.started else EXIT_NOTHING
+    if outcome.outcome is SourceOutcome.ENDED:
+        return EXIT_OK
+    if not outcome.estimates and outcome.outcome in _NOTHING_READ:
+        return EXIT_NOTHING
+    return EXIT_PARTIAL
 
-    def __init__(self) -> None:
-        self.outcomes: dict[str, str] = {}
-        self.estimates: dict[str, int] = {}
-        self.started: set[str] = set()
 
-    def write(self, message: Message) -> None:
-        if message.get("type") == "estimate":
-            self.estimates[message["stream"]] = self.estimates.get(message["stream"], 0) + 1
-        elif message.get("type") == "event" and message.get("kind") == "stream_started":
-            self.started.add(message["stream"])
-        elif message.get("type") == "event" and message.get("kind") in ("stream_ended", "stream_error"):
-            self.outcomes[message["stream"]] = str(message.get("outcome") or message["kind"])
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def stream_status(self, stream_id: str) -> int:
-        outcome = self.outcomes.get(stream_id, SourceOutcome.STOPPED.value)
-        if outcome == SourceOutcome.STOPPED.value and stream_id not in self.started:
-            return EXIT_NOTHING  # a camera that never answered before Ctrl-C or --duration
-        if outcome in (SourceOutcome.ENDED.value, SourceOutcome.STOPPED.value):
-            return EXIT_OK
-        if not self.estimates.get(stream_id) and outcome in {o.value for o in _NOTHING_READ}:
-            return EXIT_NOTHING
-        return EXIT_PARTIAL
-
-    def exit_status(self, stream_ids: list[str]) -> int:
-        """0 if every stream ended well, 4 if none gave anything, else 3."""
-        statuses = {self.stream_status(stream_id) for stream_id in stream_ids}
-        if statuses == {EXIT_NOTHING}:
-            return EXIT_NOTHING
-        return EXIT_OK if statuses == {EXIT_OK} else EXIT_PARTIAL
+def exit_status(outcomes: Mapping[str, StreamOutcome]) -> int:
+    """0 if every stream ended well, 4 if none gave anything, else 3."""
+    statuses = {stream_status(outcome) for outcome in outcomes.values()}
+    if statuses == {EXIT_NOTHING}:
+        return EXIT_NOTHING
+    return EXIT_OK if statuses == {EXIT_OK} else EXIT_PARTIAL
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -131,8 +112,7 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
     sources = parse_sources(args.sources)
     config = pipeline_config(args, pace_files=not args.fast)
     engine = engine_from_args(args)
-    tracker = OutcomeTracker()
-    sinks: list[Sink] = [tracker]
+    sinks: list[Sink] = []
     if not args.quiet:
         sinks.append(JsonlSink.to_stdout())
     if args.out:
@@ -157,7 +137,7 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
 
         overlay = OverlayWindow(engine.labels)
         pipeline.on_frame = overlay.on_frame
-        pipeline.on_message = overlay.on_message
+        pipeline.on_record = overlay.on_record
     _install_sigterm()
     pipeline.start()
     interrupted = False
@@ -181,7 +161,7 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
         if server is not None:
             server.stop()
         sink.close()
-    status = tracker.exit_status(pipeline.stream_ids)
+    status = exit_status(pipeline.outcomes)
     return EXIT_OK if interrupted and status == EXIT_OK else status
 
 
@@ -199,7 +179,7 @@ class _DoneEvent(threading.Event):
 def analyze_command(args: argparse.Namespace) -> int:
     from affectstream.stream.report import FileReport
 
-    path = Path(args.file)
+    uri = args.file.strip()
     engine = engine_from_args(args, offline=True)
     recorder = None
     if engine.sequence_model is not None:
@@ -207,64 +187,75 @@ def analyze_command(args: argparse.Namespace) -> int:
 
         recorder = RecordingHead(engine.head)
     config = pipeline_config(args, pace_files=False)
-    memory, tracker = MemorySink(), OutcomeTracker()
+    memory = MemorySink()
     started = time.monotonic()
-    interrupted = _analyze_pass(path, config, engine, recorder or engine.head, FanoutSink([memory, tracker]))
-    messages = list(memory.messages)
+    interrupted, outcome = _analyze_pass(uri, config, engine, recorder or engine.head, memory)
+    records = [record for record in memory.messages if isinstance(record, StreamRecord)]
     if recorder is not None:
-        messages = _rescore_whole_file(messages, recorder, engine, config.analytics)
+        records = _rescore_whole_file(records, recorder, engine, config.analytics)
     if args.out:
         jsonl = JsonlSink.to_path(Path(args.out))
         try:
-            for message in messages:
-                jsonl.write(message)
+            for record in records:
+                jsonl.write(record)
         finally:
             jsonl.close()
     report = FileReport(engine.labels, top_k=args.top)
-    for message in messages:
-        report.add_message(message)
-    summary: dict[str, Any] = report.to_dict(source={"path": str(path), "model": engine.model_info},
-                                               damage=_damage_from(messages))
+    for record in records:
+        report.add_record(record)
+    summary: dict[str, Any] = report.to_dict(source={"path": uri, "model": engine.model_info},
+                                               damage=_damage_of(outcome))
     summary["processing"] = {"seconds": round(time.monotonic() - started, 3), "interrupted": interrupted}
-    out = Path(args.summary) if args.summary else Path(path.name + ".affect.json")
+    out = Path(args.summary) if args.summary else Path(_input_name(uri) + ".affect.json")
     out.write_text(json.dumps(summary, indent=2, allow_nan=False))
-    status = tracker.exit_status(["file"])
+    status = stream_status(outcome)
     _print_summary(summary, out, status)
     return EXIT_INTERRUPTED if interrupted else status
 
 
-def _analyze_pass(path: Path, config: PipelineConfig, engine: Engine, head: Any, sink: Sink) -> bool:
-    """Run the file through the pipeline as fast as possible; True if Ctrl-C cut it short."""
-    pipeline = Pipeline([("file", str(path))], engine.encoder, head, sink, engine.labels, config)
+def _input_name(uri: str) -> str:
+    """The file name part of a path or URL (query and fragment left out), for output names."""
+    from urllib.parse import urlsplit
+
+    if classify_uri(uri) is SourceKind.URL:
+        name = Path(urlsplit(uri).path).name
+        return name or urlsplit(uri).hostname or "stream"
+    return Path(uri).name
+
+
+def _analyze_pass(uri: str, config: PipelineConfig, engine: Engine, head: Any,
+                  sink: Sink) -> tuple[bool, StreamOutcome]:
+    """Run the file through the pipeline as fast as possible; (cut short by Ctrl-C, how it went)."""
+    pipeline = Pipeline([("file", uri)], engine.encoder, head, sink, engine.labels, config)
     pipeline.start()
+    interrupted = False
     try:
         while not pipeline.wait(0.2):
             pass
     except KeyboardInterrupt:
-        return True
+        interrupted = True
     finally:
         pipeline.stop()
         sink.close()
-    return False
+    return interrupted, pipeline.outcomes["file"]
 
 
-def _rescore_whole_file(messages: list[Message], recorder: Any, engine: Engine,
-                        analytics: AnalyticsConfig) -> list[Message]:
-    """The bidirectional model over the whole sequence; the messages replayed with its scores."""
+def _rescore_whole_file(records: list[StreamRecord], recorder: Any, engine: Engine,
+                        analytics: AnalyticsConfig) -> list[StreamRecord]:
+    """The bidirectional model over the whole sequence; the records replayed with its scores."""
     from affectstream.stream.offline import replay, rescore_sequence
 
     scores, sentiment = rescore_sequence(engine.sequence_model, recorder.features("file"))
     session = StreamSession("file", engine.labels, analytics)
-    return replay(messages, scores, sentiment, session)
+    return replay(records, scores, sentiment, session)
 
 
-def _damage_from(messages: list[Message]) -> dict[str, Any]:
-    """The terminal event of the file says how reading ended and what the reader counted as damaged."""
-    for message in reversed(messages):
-        if message.get("type") == "event" and message.get("kind") in ("stream_ended", "stream_error"):
-            return {"outcome": message.get("outcome"), "detail": message.get("detail", ""),
-                    **(message.get("damage") or {})}
-    return {"outcome": "unknown"}
+def _damage_of(outcome: StreamOutcome) -> dict[str, Any]:
+    """How reading ended and what the reader counted as damaged (the terminal event's fields)."""
+    if not outcome.ended:
+        return {"outcome": "unknown"}
+    return {"outcome": outcome.outcome.value if outcome.outcome is not None else None,
+            "detail": outcome.detail, **(outcome.damage or {})}
 
 
 def _print_summary(summary: dict[str, Any], out: Path, status: int) -> None:

@@ -6,7 +6,7 @@ The runtime (``affectstream.stream``) and training both talk to these protocols 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -25,6 +25,12 @@ class ImageEncoder(Protocol):
     embed_dim: int
     image_size: int
     device: str
+
+    @property
+    def last_stage_ms(self) -> Mapping[str, float]:
+        """Per-stage times of the last ``encode`` call in ms (e.g. preprocess, encode); empty when the
+        encoder does not split its time (the caller then times the call as a whole)."""
+        ...
 
     def encode(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Return ``(N, embed_dim)`` float32 features, each of unit L2 norm."""

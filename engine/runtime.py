@@ -62,8 +62,9 @@ def load_engine(choice: EngineChoice) -> Engine:
                 "backend": picked.backend.value, "precision": picked.precision}
         if choice.offline and choice.head in ("auto", "lstm") and _is_bidirectional(bundle):
             log.info("bidirectional temporal model: one pass over the file, then the whole sequence is rescored")
-            head = ZeroShotHead.from_bundle(bundle, zero_shot)
-            return Engine(encoder, head, labels, {**info, "head": "lstm-bidirectional"}, bundle.temporal_module())
+            first_pass = ZeroShotHead.from_bundle(bundle, zero_shot)
+            return Engine(encoder, first_pass, labels, {**info, "head": "lstm-bidirectional"},
+                          bundle.temporal_module())
         head = _bundle_head(bundle, choice.head, picked.backend.value, zero_shot, device)
         return Engine(encoder, head, labels, {**info, "head": head.name})
     if choice.head == "lstm":

@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -41,6 +41,39 @@ def _check_limits(max_batch: int, max_wait_ms: float) -> None:
         raise ConfigError(f"max batch size must be a positive integer (e.g. 16), got {max_batch!r}")
     if not isinstance(max_wait_ms, (int, float)) or not math.isfinite(max_wait_ms) or max_wait_ms < 0:
         raise ConfigError(f"max batch wait must be a finite number of ms >= 0 (e.g. 10), got {max_wait_ms!r}")
+
+
+@dataclass(frozen=True)
+class Wave(Generic[T]):
+    """Items of one batch that advance together: at most one per stream, or a single barrier."""
+
+    items: tuple[T, ...]
+    barrier: bool = False
+
+
+def split_waves(batch: Sequence[T], key: Callable[[T], str], is_barrier: Callable[[T], bool]) -> list[Wave[T]]:
+    """Split a batch, in order, into waves a stateful head can step at once.
+
+    A head keeps one state per stream, so a wave holds at most one item of each stream (a stream's
+    second frame starts the next wave); a barrier (a stream's lifecycle marker, which may reset its
+    state) stands alone, after every item before it and before every item after it.
+    """
+    waves: list[Wave[T]] = []
+    current: list[T] = []
+    for item in batch:
+        if is_barrier(item):
+            if current:
+                waves.append(Wave(tuple(current)))
+                current = []
+            waves.append(Wave((item,), barrier=True))
+            continue
+        if any(key(queued) == key(item) for queued in current):
+            waves.append(Wave(tuple(current)))
+            current = []
+        current.append(item)
+    if current:
+        waves.append(Wave(tuple(current)))
+    return waves
 
 
 class BatchAssembler(Generic[T]):

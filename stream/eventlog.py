@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from affectstream.errors import ConfigError
-from affectstream.stream.messages import Message, MessageType, encode
+from affectstream.stream.messages import MessageType, Record, StreamRecord, Wire
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ class StoredMessage:
     type: str
     text: str
 
-    def message(self) -> Message:
-        decoded: Message = json.loads(self.text)
+    def message(self) -> Wire:
+        decoded: Wire = json.loads(self.text)
         return decoded
 
 
@@ -93,16 +93,16 @@ class EventLog:
         self._last_prune_ms = 0
         self.ignored_duplicates = 0
 
-    def stores(self, message: Message) -> bool:
-        kind = message.get("type")
-        if "stream" not in message or not isinstance(message.get("seq"), int):
+    def stores(self, message: Record) -> bool:
+        if not isinstance(message, StreamRecord):
             return False
+        kind = message.type.value
         return kind in DURABLE_TYPES or (kind == MessageType.ESTIMATE.value and self.config.estimate_retention_s > 0)
 
-    def append(self, messages: Iterable[tuple[Message, str]]) -> int:
-        """Store the durable ones of (message, its JSON text) in one transaction; returns how many."""
-        rows = [(m["stream"], m["seq"], m["type"], int(m.get("wall", self._clock_ms())), text)
-                for m, text in messages if self.stores(m)]
+    def append(self, messages: Iterable[Record]) -> int:
+        """Store the durable ones (their JSON text as sent) in one transaction; returns how many."""
+        rows = [(m.stream, m.seq, m.type.value, m.wall, m.text)
+                for m in messages if isinstance(m, StreamRecord) and self.stores(m)]
         if not rows:
             return 0
         with self._transaction():
@@ -118,8 +118,8 @@ class EventLog:
         self._maybe_prune()
         return stored
 
-    def append_message(self, message: Message) -> int:
-        return self.append([(message, encode(message))])
+    def append_message(self, message: Record) -> int:
+        return self.append([message])
 
     def since(self, stream: str, after_seq: int, limit: int = 500) -> list[StoredMessage]:
         """Stored messages of ``stream`` with seq > ``after_seq``, oldest first, at most ``limit``."""

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from affectstream.errors import SourceOutcome
+
+if TYPE_CHECKING:
+    from affectstream.stream.sources import SourceInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,14 @@ class SourceEvent:
     attempt: int = 0  # reconnect attempt number, 0 when not reconnecting
     frames_read: int = 0
     damage: dict[str, Any] | None = None  # terminal events of files: what the reader counted as damaged
+    info: SourceInfo | None = None  # RUNNING: what the opened source is (live or not, size, fps)
+    # RUNNING after a reconnect: the media time the new connection's first frame is given, so that a
+    # stream's ts never goes backwards (each connection's own clock is shifted to continue from here)
+    restart_ts: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in (SourceState.ENDED, SourceState.FAILED)
 
 
 class OverflowPolicy(str, enum.Enum):

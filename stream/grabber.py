@@ -1,5 +1,9 @@
 """The grabber: one thread per source that keeps reading frames into that source's ring buffer.
 
+Lifecycle events go into the same ring, behind the frames read before them, so the reader gets both
+in the order they happened. When a source opens, its ``SourceInfo.is_live`` sets the ring's mode
+(drop-oldest for live media, wait for media that ends) and whether a failure reconnects.
+
 Lifecycle (every move checked with ``check_transition`` and reported as a ``SourceEvent``)::
 
     NOT_STARTED -> OPENING -> RUNNING ("stream_started") -> ENDED   (a file's end, or stop())
@@ -23,12 +27,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from affectstream.errors import SourceError, SourceOpenError, SourceOutcome
 from affectstream.stream.frames import OverflowPolicy, SourceEvent, SourceState, VideoFrame, check_transition
 from affectstream.stream.messages import wall_ms
-from affectstream.stream.sources import Source, SourceConfig
+from affectstream.stream.sources import Source, SourceConfig, SourceInfo
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +49,26 @@ class FrameRing(Protocol):
     @property
     def closed(self) -> bool: ...
 
+    def set_mode(self, policy: OverflowPolicy, capacity: int) -> None: ...
+
     def put(self, frame: VideoFrame, timeout: float | None = None) -> bool: ...
 
+    def put_event(self, event: SourceEvent) -> bool: ...
+
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RingModes:
+    """How a stream's ring behaves once its source has said whether it is live."""
+
+    live_capacity: int = 4  # a few frames: latency stays low, the oldest go when the pipeline is behind
+    file_capacity: int = 32  # enough to keep the decoder ahead of the pipeline; nothing is lost
+
+    def mode(self, live: bool) -> tuple[OverflowPolicy, int]:
+        if live:
+            return OverflowPolicy.DROP_OLDEST, self.live_capacity
+        return OverflowPolicy.WAIT, self.file_capacity
 
 
 class _Stopped(Exception):
@@ -61,14 +83,16 @@ class Grabber:
         stream_id: str,
         source_factory: Callable[[], Source],
         ring: FrameRing,
-        on_event: Callable[[SourceEvent], None],
+        on_event: Callable[[SourceEvent], None] | None,
         config: SourceConfig,
         stop_event: threading.Event | None = None,
+        modes: RingModes | None = None,
     ) -> None:
         self.stream_id = stream_id
         self._source_factory = source_factory
         self._ring = ring
-        self._on_event = on_event
+        self._on_event = on_event  # an observer (tests, logging); the events themselves go into the ring
+        self._modes = modes or RingModes()
         self._config = config
         self._stop = threading.Event()
         self._external_stop = stop_event
@@ -76,6 +100,8 @@ class Grabber:
         self._state_lock = threading.Lock()
         self._frames_read = 0
         self._frames_since_open = 0
+        self._last_pts: float | None = None  # media time of the last frame put, shifted (see _shift)
+        self._pts_shift: tuple[float, float | None] | None = None  # (restart ts, first pts of this connection)
         self._thread: threading.Thread | None = None
 
     @property
@@ -158,7 +184,9 @@ class Grabber:
                 return exc
             self._finish(SourceState.FAILED, exc.outcome, str(exc))
             return None
-        self._move(SourceState.RUNNING, detail=info.describe())
+        self._ring.set_mode(*self._modes.mode(info.is_live))
+        restart_ts = self._restart_ts(info)
+        self._move(SourceState.RUNNING, detail=info.describe(), info=info, restart_ts=restart_ts)
         try:
             self._read_all(source)
         except SourceError as exc:
@@ -183,7 +211,9 @@ class Grabber:
             if frame.index != self._frames_read:
                 # A fresh source after a reconnect counts from 0; the stream's frames stay consecutive.
                 frame = dataclasses.replace(frame, index=self._frames_read)
+            frame = self._shift(frame)
             self._put(frame)
+            self._last_pts = frame.pts
             self._frames_read += 1
             self._frames_since_open += 1
 
@@ -196,6 +226,30 @@ class Grabber:
             self._check_stop()
             if self._ring.closed:
                 raise _Stopped()
+
+    def _restart_ts(self, info: SourceInfo) -> float | None:
+        """After a reconnect: where the new connection's media time starts (None: first connection).
+
+        A camera or server that restarts numbers its frames from 0 (or anything) again; shifting each
+        connection to continue just after the last frame keeps one stream's ts increasing, and the
+        RUNNING event says where the shift put it.
+        """
+        if self._last_pts is None:
+            self._pts_shift = None
+            return None
+        interval = 1.0 / info.nominal_fps if info.nominal_fps else 0.001
+        restart = round(self._last_pts + interval, 6)
+        self._pts_shift = (restart, None)
+        return restart
+
+    def _shift(self, frame: VideoFrame) -> VideoFrame:
+        if self._pts_shift is None:
+            return frame
+        restart, first = self._pts_shift
+        if first is None:
+            first = frame.pts
+            self._pts_shift = (restart, first)
+        return dataclasses.replace(frame, pts=round(restart + (frame.pts - first), 6))
 
     def _check_stop(self) -> None:
         if self._stopping():
@@ -212,13 +266,17 @@ class Grabber:
     # -- state and events ------------------------------------------------------------------------
 
     def _move(self, state: SourceState, outcome: SourceOutcome | None = None, detail: str = "",
-              attempt: int = 0, damage: dict[str, Any] | None = None) -> None:
+              attempt: int = 0, damage: dict[str, Any] | None = None, info: SourceInfo | None = None,
+              restart_ts: float | None = None) -> None:
         with self._state_lock:
             check_transition(self._state, state)
             self._state = state
         log.debug("%s: %s %s", self.stream_id, state.value, detail)
-        self._on_event(SourceEvent(self.stream_id, state, wall_ms(), outcome=outcome, detail=detail,
-                                   attempt=attempt, frames_read=self._frames_read, damage=damage))
+        event = SourceEvent(self.stream_id, state, wall_ms(), outcome=outcome, detail=detail, attempt=attempt,
+                            frames_read=self._frames_read, damage=damage, info=info, restart_ts=restart_ts)
+        self._ring.put_event(event)
+        if self._on_event is not None:
+            self._on_event(event)
 
     def _finish(self, state: SourceState, outcome: SourceOutcome | None, detail: str,
                 damage: dict[str, Any] | None = None) -> None:

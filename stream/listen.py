@@ -20,7 +20,7 @@ from typing import IO, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from affectstream.errors import MissingExtraError
-from affectstream.stream.messages import Message
+from affectstream.stream.messages import Wire
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class Listener:
                 return True
         return False
 
-    def _handle(self, connection: Any, message: Message, text: str | bytes) -> bool:
+    def _handle(self, connection: Any, message: Wire, text: str | bytes) -> bool:
         kind = message.get("type")
         if kind == "lagged":
             after = {stream: info["resume_after"] for stream, info in message.get("streams", {}).items()}
@@ -181,7 +181,7 @@ class Listener:
         return self.options.count is not None and self.printed >= self.options.count
 
 
-def format_message(message: Message) -> str:
+def format_message(message: Wire) -> str:
     """One readable line: time, stream, type, and the message's gist."""
     wall = message.get("wall")
     when = datetime.fromtimestamp(wall / 1000).strftime("%H:%M:%S.%f")[:-3] if isinstance(wall, int) else "--"

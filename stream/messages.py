@@ -1,9 +1,13 @@
-"""Protocol v1 messages (docs/protocol.md, JSON Schemas in stream/schemas/).
+"""Protocol v1 messages as typed records (docs/protocol.md, JSON Schemas in stream/schemas/).
 
-Messages are plain ``dict``s ready for ``json.dumps``: the JSONL sinks and the websocket server send
-the very same objects. Every message has ``type`` and ``v``; a message about a stream also has
-``stream``, ``seq`` (per stream, strictly increasing from 0), ``ts`` (media time, s) and ``wall``
-(server time, ms since epoch). ``StreamMessages`` hands out the sequence numbers of one stream.
+Inside the program a message is a frozen record: ``Estimate``, ``Summary``, ``Event``, ``Stats``
+(per stream: ``stream``, ``seq`` strictly increasing from 0, ``ts`` media time in s, ``wall`` server
+time in ms since the epoch) and ``Hello``, ``Subscribed``, ``Lagged``, ``ErrorReply`` (per client).
+A record becomes wire JSON once, at the edge: ``to_wire()`` is its JSON object and ``text`` the
+encoded line, computed on first use and shared by every sink, the event log and every client.
+
+Code that needs to know what happened reads the records' typed fields (``Event.kind``,
+``Event.outcome``, ``Event.source``), never strings of the wire form.
 """
 
 from __future__ import annotations
@@ -11,11 +15,18 @@ from __future__ import annotations
 import enum
 import json
 import time
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from affectstream._version import PROTOCOL_VERSION, __version__
+from affectstream.errors import SourceOutcome
 
-Message = dict[str, Any]
+if TYPE_CHECKING:
+    from affectstream.stream.frames import SourceEvent
+
+Wire = dict[str, Any]  # a message's JSON object, as sent
 
 
 class MessageType(str, enum.Enum):
@@ -24,6 +35,14 @@ class MessageType(str, enum.Enum):
     SUMMARY = "summary"
     EVENT = "event"
     STATS = "stats"
+    SUBSCRIBED = "subscribed"
+    LAGGED = "lagged"
+    ERROR = "error"
+
+
+# What a client may subscribe to: the per-stream types.
+STREAM_TYPES: tuple[MessageType, ...] = (MessageType.ESTIMATE, MessageType.SUMMARY, MessageType.EVENT,
+                                         MessageType.STATS)
 
 
 class EventKind(str, enum.Enum):
@@ -38,53 +57,282 @@ class EventKind(str, enum.Enum):
     FRAMES_DROPPED = "frames_dropped"
 
 
+TERMINAL_KINDS = frozenset({EventKind.STREAM_ENDED, EventKind.STREAM_ERROR})
+
+
 def wall_ms() -> int:
     """Server wall-clock time in ms since the epoch."""
     return time.time_ns() // 1_000_000
 
 
-class StreamMessages:
-    """Builds the messages of one stream and numbers them; pure apart from the sequence counter."""
+def encode(wire: Wire) -> str:
+    """One JSON object as compact text (one line; no NaN)."""
+    return json.dumps(wire, separators=(",", ":"), allow_nan=False)
 
-    def __init__(self, stream_id: str, first_seq: int = 0) -> None:
-        self.stream_id = stream_id
-        self._next_seq = first_seq
+
+@dataclass(frozen=True, kw_only=True)
+class Record:
+    """A protocol message; subclasses say their ``TYPE`` and their fields of the wire form."""
+
+    TYPE: ClassVar[MessageType]
+
+    @property
+    def type(self) -> MessageType:
+        return self.TYPE
+
+    @property
+    def stream_id(self) -> str | None:
+        """The stream this message concerns; None for per-client messages."""
+        return None
+
+    @property
+    def seq_no(self) -> int | None:
+        return None
+
+    def to_wire(self) -> Wire:
+        return {"type": self.TYPE.value, "v": PROTOCOL_VERSION, **self._body()}
+
+    def _body(self) -> Wire:
+        raise NotImplementedError
+
+    @cached_property
+    def text(self) -> str:
+        """The wire JSON, encoded once (a frozen record cannot change, so neither can this)."""
+        return encode(self.to_wire())
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamRecord(Record):
+    """A message about one stream, numbered in that stream's sequence."""
+
+    stream: str
+    seq: int
+    ts: float
+    wall: int
+
+    @property
+    def stream_id(self) -> str:
+        return self.stream
+
+    @property
+    def seq_no(self) -> int:
+        return self.seq
+
+    def to_wire(self) -> Wire:
+        return {"type": self.TYPE.value, "v": PROTOCOL_VERSION, "stream": self.stream, "seq": self.seq,
+                "ts": round(float(self.ts), 6), "wall": int(self.wall), **self._body()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Estimate(StreamRecord):
+    """One sampled frame's estimate; scores are already rounded as they go on the wire."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ESTIMATE
+    scores: Mapping[str, float]
+    sentiment: float
+    dominant: str
+    latency_ms: Mapping[str, float] | None = None
+    age_ms: float | None = None
+    faces: tuple[Wire, ...] | None = None
+
+    def _body(self) -> Wire:
+        body: Wire = {"scores": dict(self.scores), "sentiment": self.sentiment, "dominant": self.dominant}
+        if self.latency_ms is not None:
+            body["latency_ms"] = dict(self.latency_ms)
+        if self.age_ms is not None:
+            body["age_ms"] = self.age_ms
+        if self.faces is not None:
+            body["faces"] = list(self.faces)
+        return body
+
+
+@dataclass(frozen=True, kw_only=True)
+class Summary(StreamRecord):
+    """A rolling window's summary."""
+
+    TYPE: ClassVar[MessageType] = MessageType.SUMMARY
+    window_s: float
+    start: float
+    end: float
+    frames: int
+    mean: Mapping[str, float]
+    dominant: str
+    share: Mapping[str, float]
+    sentiment_mean: float
+    sentiment_trend: float
+    partial: bool = False
+
+    def _body(self) -> Wire:
+        body: Wire = {"window_s": self.window_s, "start": self.start, "end": self.end, "frames": self.frames,
+                      "mean": dict(self.mean), "dominant": self.dominant, "share": dict(self.share),
+                      "sentiment_mean": self.sentiment_mean, "sentiment_trend": self.sentiment_trend}
+        if self.partial:
+            body["partial"] = True
+        return body
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event(StreamRecord):
+    """An event. Which optional fields a kind carries is in docs/protocol.md; absent ones are None.
+
+    ``source`` is the lifecycle change a stream_* event came from (not on the wire): a replay feeds it
+    to a fresh session instead of reading the wire form back.
+    """
+
+    TYPE: ClassVar[MessageType] = MessageType.EVENT
+    kind: EventKind
+    label: str | None = None
+    value: float | None = None
+    # episodes and shifts
+    started: float | None = None
+    confirmed: float | None = None
+    duration: float | None = None
+    forced: bool = False
+    previous: str | None = None
+    # stream lifecycle
+    detail: str | None = None
+    attempt: int | None = None
+    outcome: SourceOutcome | None = None
+    frames_read: int | None = None
+    damage: Mapping[str, Any] | None = None
+    restart_ts: float | None = None
+    # frames_dropped
+    new: int | None = None
+    total: int | None = None
+    source: SourceEvent | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind in TERMINAL_KINDS
+
+    def _body(self) -> Wire:
+        body: Wire = {"kind": self.kind.value, "label": self.label, "value": self.value}
+        for name in ("started", "confirmed", "duration", "previous", "detail", "attempt"):
+            value = getattr(self, name)
+            if value is not None:
+                body[name] = value
+        if self.forced:
+            body["forced"] = True
+        if self.terminal or self.outcome is not None:
+            # A terminal event always says how the stream ended (null for an internal error).
+            body["outcome"] = self.outcome.value if self.outcome is not None else None
+        for name in ("frames_read", "restart_ts", "new", "total"):
+            value = getattr(self, name)
+            if value is not None:
+                body[name] = value
+        if self.damage is not None:
+            body["damage"] = dict(self.damage)
+        return body
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatsFields:
+    """The pipeline's figures for one stream over the last stats interval (stream/stats.py)."""
+
+    input_fps: float = 0.0
+    sampled_fps: float = 0.0
+    frames_in: int = 0
+    frames_sampled: int = 0
+    estimates: int = 0
+    drops: int = 0
+    queue_depth: int = 0
+    batch_size: float = 0.0
+    latency_ms: Mapping[str, float] | None = None
+    stage_ms: Mapping[str, Mapping[str, float]] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stats(StreamRecord):
+    TYPE: ClassVar[MessageType] = MessageType.STATS
+    fields: StatsFields
+
+    def _body(self) -> Wire:
+        f = self.fields
+        return {"input_fps": f.input_fps, "sampled_fps": f.sampled_fps, "frames_in": f.frames_in,
+                "frames_sampled": f.frames_sampled, "estimates": f.estimates, "drops": f.drops,
+                "queue_depth": f.queue_depth, "batch_size": f.batch_size,
+                "latency_ms": dict(f.latency_ms or {}),
+                "stage_ms": {stage: dict(values) for stage, values in (f.stage_ms or {}).items()}}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hello(Record):
+    """The first message on every connection."""
+
+    TYPE: ClassVar[MessageType] = MessageType.HELLO
+    labels: tuple[str, ...]
+    model: Mapping[str, Any]
+    streams: tuple[str, ...]
+    wall: int
+
+    def _body(self) -> Wire:
+        return {"server": f"affectstream/{__version__}", "protocol": PROTOCOL_VERSION, "labels": list(self.labels),
+                "model": dict(self.model), "streams": list(self.streams), "wall": self.wall}
+
+
+def hello(labels: tuple[str, ...], model: Mapping[str, Any], streams: list[str]) -> Hello:
+    return Hello(labels=tuple(labels), model=model, streams=tuple(streams), wall=wall_ms())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Subscribed(Record):
+    """The selection now in force, in answer to subscribe/unsubscribe."""
+
+    TYPE: ClassVar[MessageType] = MessageType.SUBSCRIBED
+    streams: tuple[str, ...] | None
+    types: tuple[str, ...] | None
+    excluded_streams: tuple[str, ...] = ()
+    excluded_types: tuple[str, ...] = ()
+
+    def _body(self) -> Wire:
+        return {"streams": None if self.streams is None else list(self.streams),
+                "types": None if self.types is None else list(self.types),
+                "excluded_streams": list(self.excluded_streams), "excluded_types": list(self.excluded_types)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LagEntry:
+    resume_after: int
+    missed: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lagged(Record):
+    """This client fell behind: per stream, the last seq it was sent and how many it missed."""
+
+    TYPE: ClassVar[MessageType] = MessageType.LAGGED
+    streams: Mapping[str, LagEntry]
+    hint: str = "send {\"type\": \"resume\", \"streams\": {stream: resume_after}} to get what was missed"
+
+    def _body(self) -> Wire:
+        return {"streams": {stream: {"resume_after": entry.resume_after, "missed": entry.missed}
+                            for stream, entry in self.streams.items()},
+                "hint": self.hint}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorReply(Record):
+    """A client message that could not be acted on."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ERROR
+    code: str
+    message: str
+
+    def _body(self) -> Wire:
+        return {"code": self.code, "message": self.message}
+
+
+class SeqCounter:
+    """Hands out one stream's sequence numbers."""
+
+    def __init__(self, first_seq: int = 0) -> None:
+        self._next = first_seq
 
     @property
     def next_seq(self) -> int:
-        return self._next_seq
+        return self._next
 
-    def make(self, type_: MessageType, ts: float, wall: int, **fields: Any) -> Message:
-        message: Message = {
-            "type": type_.value,
-            "v": PROTOCOL_VERSION,
-            "stream": self.stream_id,
-            "seq": self._next_seq,
-            "ts": round(float(ts), 6),
-            "wall": int(wall),
-        }
-        message.update(fields)
-        self._next_seq += 1
-        return message
-
-    def event(self, kind: EventKind, ts: float, wall: int, label: str | None = None,
-              value: float | None = None, **fields: Any) -> Message:
-        return self.make(MessageType.EVENT, ts, wall, kind=kind.value, label=label, value=value, **fields)
-
-
-def hello(labels: tuple[str, ...], model: dict[str, Any], streams: list[str]) -> Message:
-    return {
-        "type": MessageType.HELLO.value,
-        "v": PROTOCOL_VERSION,
-        "server": f"affectstream/{__version__}",
-        "protocol": PROTOCOL_VERSION,
-        "labels": list(labels),
-        "model": model,
-        "streams": streams,
-        "wall": wall_ms(),
-    }
-
-
-def encode(message: Message) -> str:
-    """One message as compact JSON text (one line; no NaN)."""
-    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+    def take(self) -> int:
+        seq = self._next
+        self._next += 1
+        return seq

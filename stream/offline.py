@@ -4,7 +4,7 @@ A bidirectional LSTM reads a sequence in both directions, so it cannot step fram
 live pipeline does. ``analyze`` therefore decodes and encodes the file once, through the ordinary
 pipeline, with a ``RecordingHead`` that serves the pass with the bundle's zero-shot head and keeps
 every sampled frame's features. When the file is done, the model runs over the whole sequence
-(``rescore_sequence``) and ``replay`` feeds the first pass's messages through a fresh
+(``rescore_sequence``) and ``replay`` feeds the first pass's records through a fresh
 ``StreamSession`` with the new scores, so the estimates, summaries and events a user gets all come
 from the bidirectional model. Everything here is pure: data in, messages out.
 """
@@ -19,17 +19,9 @@ import torch
 
 from affectstream.engine.interfaces import HeadOutput, TemporalHead
 from affectstream.engine.lstm import TemporalLSTM
-from affectstream.errors import PipelineError, SourceOutcome
-from affectstream.stream.frames import SourceEvent, SourceState
-from affectstream.stream.messages import Message
+from affectstream.errors import PipelineError
+from affectstream.stream.messages import Estimate, Event, EventKind, StreamRecord
 from affectstream.stream.session import StreamSession
-
-_LIFECYCLE_STATES = {
-    "stream_started": SourceState.RUNNING,
-    "stream_reconnecting": SourceState.RECONNECTING,
-    "stream_ended": SourceState.ENDED,
-    "stream_error": SourceState.FAILED,
-}
 
 
 class RecordingHead:
@@ -63,41 +55,31 @@ def rescore_sequence(module: TemporalLSTM, features: np.ndarray) -> tuple[np.nda
     return torch.sigmoid(logits)[0].float().numpy(), sentiment[0].float().numpy()
 
 
-def replay(messages: Sequence[Message], scores: np.ndarray, sentiment: np.ndarray,
-           session: StreamSession) -> list[Message]:
-    """One stream's messages again, with the estimates rescored and what derives from them recomputed.
+def replay(records: Sequence[StreamRecord], scores: np.ndarray, sentiment: np.ndarray,
+           session: StreamSession) -> list[StreamRecord]:
+    """One stream's records again, with the estimates rescored and what derives from them recomputed.
 
-    Estimates and lifecycle events are replayed in order; summaries and onset/offset/peak/shift events
-    are recomputed by ``session``; ``stats`` are left out (they describe the first pass's timing).
+    Estimates and lifecycle events are replayed in order (a lifecycle event through the
+    ``SourceEvent`` it came from); summaries and onset/offset/peak/shift events are recomputed by
+    ``session``; ``stats`` are left out (they describe the first pass's timing).
     """
-    out: list[Message] = []
+    out: list[StreamRecord] = []
     step = 0
-    for message in messages:
-        if message.get("stream") != session.stream_id:
+    for record in records:
+        if record.stream != session.stream_id:
             continue
-        if message["type"] == "estimate":
+        if isinstance(record, Estimate):
             if step >= len(scores):
                 raise PipelineError(f"stream {session.stream_id}: more estimates than rescored steps")
-            out += session.on_estimate(message["ts"], message["wall"], scores[step], float(sentiment[step]),
-                                       latency_ms=message.get("latency_ms"), age_ms=message.get("age_ms"))
+            out += session.on_estimate(record.ts, record.wall, scores[step], float(sentiment[step]),
+                                       latency_ms=record.latency_ms, age_ms=record.age_ms)
             step += 1
-        elif message["type"] == "event" and message.get("kind") in _LIFECYCLE_STATES:
-            out += _replay_lifecycle(message, session)
-        elif message["type"] == "event" and message.get("kind") == "frames_dropped":
-            out += session.on_drops(message["ts"], message["wall"], int(message["total"]))
+        elif isinstance(record, Event) and record.source is not None:
+            out += session.on_source_event(record.source, record.ts)
+            if record.source.terminal:
+                out += session.finish(record.ts, record.wall)
+        elif isinstance(record, Event) and record.kind is EventKind.FRAMES_DROPPED and record.total is not None:
+            out += session.on_drops(record.ts, record.wall, record.total)
     if step != len(scores):
         raise PipelineError(f"stream {session.stream_id}: {len(scores)} rescored steps for {step} estimates")
-    return out
-
-
-def _replay_lifecycle(message: Message, session: StreamSession) -> list[Message]:
-    state = _LIFECYCLE_STATES[message["kind"]]
-    outcome = message.get("outcome")
-    event = SourceEvent(session.stream_id, state, message["wall"],
-                        outcome=SourceOutcome(outcome) if outcome else None, detail=message.get("detail", ""),
-                        attempt=message.get("attempt", 0), frames_read=message.get("frames_read", 0),
-                        damage=message.get("damage"))
-    out = session.on_source_event(event, message["ts"])
-    if state in (SourceState.ENDED, SourceState.FAILED):
-        out += session.finish(message["ts"], message["wall"])
     return out

@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any
 
 import cv2
 import numpy as np
 
 from affectstream.errors import MissingExtraError
 from affectstream.stream.frames import VideoFrame
-from affectstream.stream.messages import Message
+from affectstream.stream.messages import Estimate, Record
 
 _SAME_TIME_S = 1e-5  # estimates carry their frame's pts rounded to the microsecond
 _BAR_COLOURS = [(60, 60, 230), (60, 200, 250), (80, 160, 60), (200, 120, 160), (200, 120, 40), (40, 200, 200)]
 
 
-def draw_overlay(image_rgb: np.ndarray, labels: tuple[str, ...], estimate: Message | None) -> np.ndarray:
+def draw_overlay(image_rgb: np.ndarray, labels: tuple[str, ...], estimate: Estimate | None) -> np.ndarray:
     """Return a BGR copy of the frame with one bar per label and the sentiment written on it."""
     canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
     scale = max(1.0, 480 / max(1, canvas.shape[1]))
@@ -29,7 +28,7 @@ def draw_overlay(image_rgb: np.ndarray, labels: tuple[str, ...], estimate: Messa
         canvas = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
     if estimate is None:
         return canvas
-    scores: dict[str, Any] = estimate.get("scores", {})
+    scores = estimate.scores
     bar_width = canvas.shape[1] // 3
     for row, label in enumerate(labels):
         value = float(scores.get(label, 0.0))
@@ -38,8 +37,7 @@ def draw_overlay(image_rgb: np.ndarray, labels: tuple[str, ...], estimate: Messa
                       _BAR_COLOURS[row % len(_BAR_COLOURS)], -1)
         cv2.putText(canvas, f"{label} {value:.2f}", (14 + bar_width, top + 11),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
-    sentiment = float(estimate.get("sentiment", 0.0))
-    cv2.putText(canvas, f"sentiment {sentiment:+.2f}  t={estimate.get('ts', 0):.1f}s",
+    cv2.putText(canvas, f"sentiment {estimate.sentiment:+.2f}  t={estimate.ts:.1f}s",
                 (10, 20 + len(labels) * 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
     return canvas
 
@@ -63,7 +61,7 @@ class OverlayWindow:
         self._labels = labels
         self._lock = threading.Lock()
         self._waiting: dict[str, collections.deque[VideoFrame]] = {}
-        self._shown: dict[str, tuple[np.ndarray, Message]] = {}
+        self._shown: dict[str, tuple[np.ndarray, Estimate]] = {}
         self._max_waiting = max_waiting
 
     def on_frame(self, frame: VideoFrame) -> None:
@@ -71,10 +69,10 @@ class OverlayWindow:
             waiting = self._waiting.setdefault(frame.stream_id, collections.deque(maxlen=self._max_waiting))
             waiting.append(frame)
 
-    def on_message(self, message: Message) -> None:
-        if message.get("type") != "estimate":
+    def on_record(self, message: Record) -> None:
+        if not isinstance(message, Estimate):
             return
-        stream_id, ts = message["stream"], float(message.get("ts", 0.0))
+        stream_id, ts = message.stream, message.ts
         with self._lock:
             waiting = self._waiting.get(stream_id) or collections.deque()
             position = next((i for i, frame in enumerate(waiting) if abs(frame.pts - ts) < _SAME_TIME_S), None)

@@ -3,44 +3,47 @@
 Threads, one role each (every one is a thin adapter around a sans-I/O part):
 
 - a grabber per source (stream/grabber.py) keeps reading into that source's ring buffer;
-- a pump per source takes frames from the ring, keeps the sampled ones (MediaTimeSampler), bounds
-  how many frames of the stream are in flight, and hands them to the shared batch queue;
-- one inference worker takes batches across streams, encodes them in one call, and advances the
-  temporal head one step per frame, streams batched together;
-- one emitter turns results into protocol messages through each stream's StreamSession and
-  writes them to the sinks, and emits periodic `stats`.
+- a pump per source takes frames and lifecycle events from the ring, keeps the sampled frames
+  (MediaTimeSampler), bounds how many frames of the stream are in flight, and hands both to the
+  shared batch queue in the order it read them;
+- one inference worker takes batches across streams, encodes their frames in one call, and advances
+  the temporal head one step per frame, streams batched together (``split_waves``);
+- one emitter turns results into protocol records through each stream's StreamSession and writes
+  them to the sinks, and emits periodic `stats`.
 
-Source lifecycle events travel in-band: each is stamped with the ring's write count when it happened
-and is forwarded by the pump only once every frame written before it has been consumed, and then
-rides the batch queue behind those frames. So a stream's messages keep their causal order
-(stream_started, estimates, reconnecting, estimates, stream_ended), and the head is reset exactly
-between the frames of two connections.
+Source lifecycle events travel in band: the grabber puts them into the ring behind the frames read
+before them, and from there they ride the batch queue behind those frames. So a stream's messages
+keep their causal order (stream_started, estimates, reconnecting, estimates, stream_ended) by
+construction, and the head is reset exactly between the frames of two connections.
+
+Whether a stream is live is what its opened source says (``SourceInfo.is_live``, one rule in
+stream/sources.py): it arrives with the RUNNING event and sets the sampling rate and whether frames
+may be dropped when the encoder is behind.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from affectstream.engine.interfaces import ImageEncoder, TemporalHead
-from affectstream.errors import PipelineError
-from affectstream.stream.batcher import BatchConfig, BatchQueue
-from affectstream.stream.frames import OverflowPolicy, SourceEvent, SourceState, VideoFrame
-from affectstream.stream.grabber import Grabber
-from affectstream.stream.messages import Message, wall_ms
+from affectstream.errors import PipelineError, SourceOutcome
+from affectstream.stream.batcher import BatchConfig, BatchQueue, split_waves
+from affectstream.stream.frames import SourceEvent, SourceState, VideoFrame
+from affectstream.stream.grabber import Grabber, RingModes
+from affectstream.stream.messages import StreamRecord, wall_ms
 from affectstream.stream.pacing import PacedSource
 from affectstream.stream.ring import RingBuffer
 from affectstream.stream.sampler import DEFAULT_FILE_RATE_HZ, DEFAULT_LIVE_RATE_HZ, MediaTimeSampler
 from affectstream.stream.session import AnalyticsConfig, StreamSession
 from affectstream.stream.sinks import Sink
-from affectstream.stream.sources import Source, SourceConfig, open_source
+from affectstream.stream.sources import Source, SourceConfig, is_live, open_source
 from affectstream.stream.stats import StreamStats
 
 log = logging.getLogger(__name__)
@@ -55,8 +58,7 @@ class PipelineConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
-    ring_capacity_live: int = 4
-    ring_capacity_file: int = 32
+    ring: RingModes = field(default_factory=RingModes)
     max_in_flight: int = 8  # sampled frames per stream between pump and emitter
     stats_interval_s: float = 2.0
 
@@ -73,6 +75,10 @@ class SampledFrame:
     frame: VideoFrame
     queued_ns: int
 
+    @property
+    def stream_id(self) -> str:
+        return self.frame.stream_id
+
 
 @dataclass(frozen=True, slots=True)
 class StreamMarker:
@@ -80,9 +86,13 @@ class StreamMarker:
 
     event: SourceEvent
 
+    @property
+    def stream_id(self) -> str:
+        return self.event.stream_id
+
 
 @dataclass(frozen=True, slots=True)
-class Estimate:
+class FrameResult:
     """What the inference worker hands to the emitter for one frame."""
 
     frame: VideoFrame
@@ -98,33 +108,39 @@ class BatchDone:
     size: int
 
 
+@dataclass(frozen=True)
+class StreamOutcome:
+    """How one stream went, for exit statuses and reports (``Pipeline.outcomes``)."""
+
+    started: bool = False  # a source opened (stream_started was sent)
+    estimates: int = 0
+    ended: bool = False  # the terminal event has been emitted
+    state: SourceState | None = None  # ENDED or FAILED once ended
+    outcome: SourceOutcome | None = None  # how it ended; None for an internal error
+    detail: str = ""
+    damage: Mapping[str, object] | None = None  # what the reader counted as damaged (files)
+
+
 _IDLE = BatchDone(0)  # what the emitter sees when nothing arrived for a while
-_Outbox = queue.SimpleQueue[Estimate | StreamMarker | BatchDone | None]
+_Outbox = queue.SimpleQueue[FrameResult | StreamMarker | BatchDone | None]
+_BatchItem = SampledFrame | StreamMarker
 
 
 class _StreamRuntime:
     """Everything the pipeline keeps for one stream."""
 
-    def __init__(self, stream_id: str, uri: str, ring: RingBuffer, is_live: bool, max_in_flight: int) -> None:
+    def __init__(self, stream_id: str, uri: str, ring: RingBuffer, max_in_flight: int) -> None:
         self.stream_id = stream_id
         self.uri = uri
         self.ring = ring
-        self.is_live = is_live
+        self.is_live = is_live(uri)  # until the source opens and says
         self.in_flight = threading.BoundedSemaphore(max_in_flight)
-        self.pending_events: collections.deque[tuple[int, SourceEvent]] = collections.deque()
-        self.events_lock = threading.Lock()
         self.dropped_in_flight = 0  # live frames dropped because the encoder was behind
         self.sampled = 0
+        self.outcome = StreamOutcome()  # written by the emitter only
         self.finished = threading.Event()  # the terminal event has passed the emitter
         self.grabber: Grabber | None = None
         self.pump: threading.Thread | None = None
-
-
-def is_live_uri(uri: str) -> bool:
-    """Webcams and network URLs are live; anything else is a file."""
-    lowered = uri.lower()
-    return uri.isdigit() or lowered.startswith(("/dev/video", "rtsp://", "rtsps://", "rtmp://", "http://",
-                                                "https://", "udp://", "srt://"))
 
 
 class Pipeline:
@@ -154,16 +170,14 @@ class Pipeline:
         self._config = config
         self._source_factory = source_factory
         self._stop = threading.Event()
-        self._batches = BatchQueue(config.batch.max_batch, config.batch.max_wait_ms)
+        self._batches: BatchQueue[_BatchItem] = BatchQueue(config.batch.max_batch, config.batch.max_wait_ms)
         self._outbox: _Outbox = queue.SimpleQueue()
         self._streams: dict[str, _StreamRuntime] = {}
         for stream_id, uri in sources:
-            live = is_live_uri(uri)
-            policy = OverflowPolicy.DROP_OLDEST if live else OverflowPolicy.WAIT
-            capacity = config.ring_capacity_live if live else config.ring_capacity_file
-            self._streams[stream_id] = _StreamRuntime(
-                stream_id, uri, RingBuffer(capacity, policy), live, config.max_in_flight
-            )
+            # The ring starts in the mode the uri suggests; the grabber sets it from the opened source.
+            policy, capacity = config.ring.mode(is_live(uri))
+            self._streams[stream_id] = _StreamRuntime(stream_id, uri, RingBuffer(capacity, policy),
+                                                      config.max_in_flight)
         # A server with an event log hands over where each stream's numbering left off, so that
         # `resume` from a seq keeps working across restarts of affectstream.
         first_seqs = first_seqs or {}
@@ -175,12 +189,17 @@ class Pipeline:
         self._threads: list[threading.Thread] = []
         self._started = False
         self._done = threading.Event()
-        self.on_message: Callable[[Message], None] | None = None  # extra tap, e.g. the --show overlay
+        self.on_record: Callable[[StreamRecord], None] | None = None  # extra tap, e.g. the --show overlay
         self.on_frame: Callable[[VideoFrame], None] | None = None  # sampled frames, e.g. for --show
 
     @property
     def stream_ids(self) -> list[str]:
         return list(self._streams)
+
+    @property
+    def outcomes(self) -> dict[str, StreamOutcome]:
+        """How each stream went so far (complete once ``wait`` returned True)."""
+        return {sid: runtime.outcome for sid, runtime in self._streams.items()}
 
     def start(self) -> None:
         if self._started:
@@ -189,14 +208,8 @@ class Pipeline:
         self._spawn("affectstream-infer", self._infer_loop)
         self._spawn("affectstream-emit", self._emit_loop)
         for runtime in self._streams.values():
-            runtime.grabber = Grabber(
-                runtime.stream_id,
-                self._make_source_factory(runtime),
-                runtime.ring,
-                lambda event, rt=runtime: self._on_source_event(rt, event),
-                self._config.source,
-                stop_event=self._stop,
-            )
+            runtime.grabber = Grabber(runtime.stream_id, self._make_source_factory(runtime), runtime.ring, None,
+                                      self._config.source, stop_event=self._stop, modes=self._config.ring)
             runtime.grabber.start()
             runtime.pump = self._spawn(f"affectstream-pump-{runtime.stream_id}", self._pump_loop, runtime)
 
@@ -235,33 +248,10 @@ class Pipeline:
     def _make_source_factory(self, runtime: _StreamRuntime) -> Callable[[], Source]:
         def factory() -> Source:
             source = self._source_factory(runtime.uri, runtime.stream_id, self._config.source)
-            if self._config.pace_files and not runtime.is_live:
-                return PacedSource(source, self._stop)  # type: ignore[return-value]
-            return source
+            # PacedSource paces only media that ends; a live source passes straight through.
+            return PacedSource(source, self._stop) if self._config.pace_files else source
 
         return factory
-
-    def _on_source_event(self, runtime: _StreamRuntime, event: SourceEvent) -> None:
-        # Called on the grabber thread. Stamp the event with how many frames were written before it.
-        with runtime.events_lock:
-            runtime.pending_events.append((runtime.ring.counters().written, event))
-
-    def _release_events(self, runtime: _StreamRuntime, held: int = 0) -> bool:
-        """Forward events whose preceding frames are all consumed; True once a terminal one passed.
-
-        ``held``: frames already taken from the ring but not yet queued; an event written after them
-        must wait until they are queued (else the stream would end before its last frame, and a
-        terminal event released here would go unnoticed and leave the pump spinning).
-        """
-        counters = runtime.ring.counters()
-        consumed = counters.read + counters.overwritten - held
-        terminal = False
-        with runtime.events_lock:
-            while runtime.pending_events and runtime.pending_events[0][0] <= consumed:
-                _, event = runtime.pending_events.popleft()
-                self._batches.put(StreamMarker(event))
-                terminal = terminal or event.state in (SourceState.ENDED, SourceState.FAILED)
-        return terminal
 
     # -- pump: ring → sampler → batch queue -----------------------------------------------------
 
@@ -269,22 +259,27 @@ class Pipeline:
         sampler: MediaTimeSampler | None = None
         try:
             while True:
-                if self._release_events(runtime):
-                    return
-                frame = runtime.ring.get(timeout=0.05)
-                if frame is None:
+                item = runtime.ring.get(timeout=0.05)
+                if item is None:
+                    if runtime.ring.drained:  # the grabber always ends with a terminal event; be safe
+                        raise PipelineError("the ring closed without a terminal event")
+                    continue
+                if isinstance(item, SourceEvent):
+                    if item.info is not None:
+                        runtime.is_live = item.info.is_live
+                        sampler = MediaTimeSampler(self._config.rate_for(runtime.is_live))
+                    self._batches.put(StreamMarker(item))
+                    if item.terminal:
+                        return
                     continue
                 if sampler is None:
                     sampler = MediaTimeSampler(self._config.rate_for(runtime.is_live))
-                if not sampler.offer(frame.pts):
-                    continue
-                self._release_events(runtime, held=1)  # a reconnect marker must precede the new frames
-                if not self._acquire_slot(runtime):
+                if not sampler.offer(item.pts) or not self._acquire_slot(runtime):
                     continue
                 runtime.sampled += 1
                 if self.on_frame is not None:
-                    self.on_frame(frame)
-                self._batches.put(SampledFrame(frame, time.monotonic_ns()))
+                    self.on_frame(item)
+                self._batches.put(SampledFrame(item, time.monotonic_ns()))
         except Exception:  # a broken pump must not take the process down; the stream ends with an error
             log.exception("pump of stream %s failed", runtime.stream_id)
             failure = SourceEvent(runtime.stream_id, SourceState.FAILED, wall_ms(), detail="internal pump error")
@@ -322,35 +317,28 @@ class Pipeline:
                     else:
                         self._outbox.put(item)
 
-    def _infer_batch(self, batch: list[SampledFrame | StreamMarker]) -> None:
+    def _infer_batch(self, batch: list[_BatchItem]) -> None:
         frames = [item for item in batch if isinstance(item, SampledFrame)]
         started = time.monotonic_ns()
         features = self._encoder.encode([item.frame.image for item in frames]) if frames else None
-        encoded = time.monotonic_ns()
-        encode_ms = (encoded - started) / 1e6
+        encode_ms = (time.monotonic_ns() - started) / 1e6
         # Encoders that time their own stages split the call into preprocess and model time.
-        split = dict(getattr(self._encoder, "last_stage_ms", None) or {}) if frames else {}
-        stages = split or {"encode": encode_ms}
+        stages = dict(self._encoder.last_stage_ms) if frames and self._encoder.last_stage_ms else {}
+        stages = stages or {"encode": encode_ms}
         row_of = {id(item): row for row, item in enumerate(frames)}
-        wave: list[SampledFrame] = []
-        for item in batch:
-            if isinstance(item, StreamMarker):
-                self._flush_wave(wave, features, row_of, started, stages, len(frames))
-                wave = []
-                self._apply_marker(item)
-                self._outbox.put(item)
-            else:
-                if any(queued.frame.stream_id == item.frame.stream_id for queued in wave):
-                    self._flush_wave(wave, features, row_of, started, stages, len(frames))
-                    wave = []
-                wave.append(item)
-        self._flush_wave(wave, features, row_of, started, stages, len(frames))
+        for wave in split_waves(batch, key=lambda item: item.stream_id,
+                                is_barrier=lambda item: isinstance(item, StreamMarker)):
+            sampled = [item for item in wave.items if isinstance(item, SampledFrame)]
+            markers = [item for item in wave.items if isinstance(item, StreamMarker)]
+            for marker in markers:
+                self._apply_marker(marker)
+                self._outbox.put(marker)
+            if sampled and features is not None:
+                self._step_wave(sampled, features, row_of, started, stages, len(frames))
         self._outbox.put(BatchDone(len(frames)))
 
-    def _flush_wave(self, wave: list[SampledFrame], features: np.ndarray | None, row_of: dict[int, int],
-                    batch_started_ns: int, encode_stages: dict[str, float], batch_size: int) -> None:
-        if not wave or features is None:
-            return
+    def _step_wave(self, wave: list[SampledFrame], features: np.ndarray, row_of: dict[int, int],
+                   batch_started_ns: int, encode_stages: dict[str, float], batch_size: int) -> None:
         rows = features[[row_of[id(item)] for item in wave]]
         head_started = time.monotonic_ns()
         with self._head_lock:
@@ -363,7 +351,7 @@ class Pipeline:
                 "head": head_ms,
                 "batch": float(batch_size),
             }
-            self._outbox.put(Estimate(item.frame, output.scores[i], float(output.sentiment[i]), stage_ms))
+            self._outbox.put(FrameResult(item.frame, output.scores[i], float(output.sentiment[i]), stage_ms))
 
     def _apply_marker(self, marker: StreamMarker) -> None:
         # A new connection starts a new temporal context; state from before a gap is meaningless.
@@ -396,7 +384,7 @@ class Pipeline:
             except Exception:  # one bad message must not end the emitter: log and go on
                 log.exception("emitting a message failed")
 
-    def _emit_item(self, item: Estimate | StreamMarker | BatchDone, last_ts: dict[str, float]) -> None:
+    def _emit_item(self, item: FrameResult | StreamMarker | BatchDone, last_ts: dict[str, float]) -> None:
         if isinstance(item, BatchDone):
             if item.size:
                 for stats in self._stats.values():
@@ -413,23 +401,25 @@ class Pipeline:
         stage_ms = {key: round(value, 3) for key, value in item.stage_ms.items() if key != "batch"}
         last_ts[frame.stream_id] = frame.pts
         session = self._sessions[frame.stream_id]
-        messages = session.on_estimate(frame.pts, wall_ms(), item.scores, item.sentiment,
-                                       latency_ms=stage_ms, age_ms=round(age_ms, 3))
+        records = session.on_estimate(frame.pts, wall_ms(), item.scores, item.sentiment,
+                                      latency_ms=stage_ms, age_ms=round(age_ms, 3))
+        runtime.outcome = _counted(runtime.outcome)
         self._stats[frame.stream_id].record_estimate(frame.pts, age_ms, item.stage_ms)
-        self._write(messages)
-        self._write(self._drop_messages(runtime, frame.pts))
+        self._write(records)
+        self._write(self._drop_records(runtime, frame.pts))
 
     def _emit_marker(self, marker: StreamMarker, last_ts: dict[str, float]) -> None:
         event = marker.event
         runtime = self._streams[event.stream_id]
         ts = last_ts[event.stream_id]
+        runtime.outcome = _with_event(runtime.outcome, event)
         self._write(self._sessions[event.stream_id].on_source_event(event, ts))
-        if event.state in (SourceState.ENDED, SourceState.FAILED):
-            self._write(self._drop_messages(runtime, ts))
+        if event.terminal:
+            self._write(self._drop_records(runtime, ts))
             self._write(self._sessions[event.stream_id].finish(ts, wall_ms()))
             runtime.finished.set()
 
-    def _drop_messages(self, runtime: _StreamRuntime, ts: float) -> list[Message]:
+    def _drop_records(self, runtime: _StreamRuntime, ts: float) -> list[StreamRecord]:
         dropped = runtime.ring.counters().overwritten + runtime.dropped_in_flight
         return self._sessions[runtime.stream_id].on_drops(ts, wall_ms(), dropped)
 
@@ -442,10 +432,27 @@ class Pipeline:
                 dropped=counters.overwritten + runtime.dropped_in_flight,
                 queue_depth=len(runtime.ring) + self._batches.pending,
             )
-            self._write([self._sessions[stream_id].stats(last_ts[stream_id], wall_ms(), **fields)])
+            self._write([self._sessions[stream_id].stats(last_ts[stream_id], wall_ms(), fields)])
 
-    def _write(self, messages: list[Message]) -> None:
-        for message in messages:
-            self._sink.write(message)
-            if self.on_message is not None:
-                self.on_message(message)
+    def _write(self, records: list[StreamRecord]) -> None:
+        for record in records:
+            self._sink.write(record)
+            if self.on_record is not None:
+                self.on_record(record)
+
+
+def _counted(outcome: StreamOutcome) -> StreamOutcome:
+    return replace(outcome, estimates=outcome.estimates + 1)
+
+
+def _with_event(outcome: StreamOutcome, event: SourceEvent) -> StreamOutcome:
+    """The outcome after a lifecycle event: started on RUNNING, how it ended on the terminal one."""
+    if event.state is SourceState.RUNNING:
+        return replace(outcome, started=True)
+    if event.terminal:
+        ended_as = event.outcome
+        if ended_as is None and event.state is SourceState.ENDED:
+            ended_as = SourceOutcome.ENDED
+        return replace(outcome, ended=True, state=event.state, outcome=ended_as, detail=event.detail,
+                       damage=event.damage)
+    return outcome

@@ -20,7 +20,7 @@ import numpy as np
 from affectstream.errors import PipelineError, SourceOpenError, SourceOutcome, SourceReadError
 from affectstream.stream.frame_clock import FrameClock, TimestampCorrector, plausible_fps
 from affectstream.stream.frames import VideoFrame
-from affectstream.stream.sources import SourceConfig, SourceDamage, SourceInfo, SourceKind
+from affectstream.stream.sources import SourceConfig, SourceDamage, SourceInfo, SourceKind, is_live
 
 if TYPE_CHECKING:
     import av.container
@@ -55,6 +55,15 @@ def _mp4_without_moov(path: Path) -> bool:
     return bool(types) and types[0] == b"ftyp" and b"moov" not in types
 
 
+def _duration_s(container: av.container.InputContainer, stream: av.stream.Stream) -> float | None:
+    """What the media says its duration is (None: it does not say, as a live stream)."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration and container.duration > 0:
+        return float(container.duration / 1_000_000)
+    return None
+
+
 class PyAVSource:
     """A file or network stream read with PyAV (FFmpeg)."""
 
@@ -62,7 +71,7 @@ class PyAVSource:
         self.uri = uri
         self.stream_id = stream_id
         self.kind = kind
-        self.is_live = kind is not SourceKind.FILE
+        self.is_live = is_live(uri)  # until open(): then what the media says of itself decides
         self._config = config
         self._container: av.container.InputContainer | None = None
         self._stream: av.stream.Stream | None = None
@@ -161,12 +170,11 @@ class PyAVSource:
         fps = plausible_fps(stream.average_rate or stream.guessed_rate, self._config.max_plausible_fps)
         self._clock = FrameClock(fps)
         self._corrector = TimestampCorrector(prefer_dts="avi" in container.format.name.split(","))
-        duration = None
-        if not self.is_live:
-            if stream.duration and stream.time_base:
-                duration = float(stream.duration * stream.time_base)
-            elif container.duration and container.duration > 0:
-                duration = container.duration / 1_000_000
+        duration = _duration_s(container, stream)
+        self.is_live = is_live(self.uri, duration, opened=True)
+        if self.is_live:
+            duration = None
+        else:
             self._expected_frames = int(stream.frames) if stream.frames and stream.frames > 0 else None
         context = stream.codec_context
         return SourceInfo(uri=self.uri, kind=self.kind, is_live=self.is_live, width=int(context.width),

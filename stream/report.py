@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from affectstream.errors import ConfigError
-from affectstream.stream.messages import Message
+from affectstream.stream.messages import Estimate, Event, EventKind, Record
 from affectstream.stream.session import slope_per_second
 
 
@@ -55,19 +55,17 @@ class FileReport:
         self._scores.append(values)
         self._sentiment.append(float(np.clip(sentiment, -1.0, 1.0)))
 
-    def add_event(self, kind: str, label: str | None = None) -> None:
-        self._events[kind] += 1
-        if kind == "onset" and label is not None:
+    def add_event(self, kind: EventKind, label: str | None = None) -> None:
+        self._events[kind.value] += 1
+        if kind is EventKind.ONSET and label is not None:
             self._onsets[label] += 1
 
-    def add_message(self, message: Message) -> None:
-        """Feed one protocol message: estimates and events count, other types are ignored."""
-        if message.get("type") == "estimate":
-            scores = message["scores"]
-            self.add_estimate(message["ts"], [scores.get(label, 0.0) for label in self.labels],
-                              message.get("sentiment", 0.0))
-        elif message.get("type") == "event":
-            self.add_event(str(message.get("kind")), message.get("label"))
+    def add_record(self, record: Record) -> None:
+        """Feed one protocol record: estimates and events count, other types are ignored."""
+        if isinstance(record, Estimate):
+            self.add_estimate(record.ts, [record.scores.get(label, 0.0) for label in self.labels], record.sentiment)
+        elif isinstance(record, Event):
+            self.add_event(record.kind, record.label)
 
     @property
     def frames(self) -> int:

@@ -1,25 +1,32 @@
-"""A bounded, thread-safe FIFO of frames between one grabber thread and one pump thread.
+"""A bounded, thread-safe FIFO between one grabber thread and one pump thread: frames, and the
+source's lifecycle events in order with them.
 
-The slots are allocated once (``capacity`` of them) and reused, so a live source running for days
-never allocates queue nodes. What a full buffer does with a new frame is the ``OverflowPolicy``:
-DROP_OLDEST overwrites the oldest unread frame (live sources: bounded latency, counted losses), WAIT
-blocks the writer (files: nothing lost).
+Lifecycle events (``SourceEvent``) ride the same queue as the frames, so their order relative to the
+frames is structural: the reader sees "stream_started, frames, reconnecting, frames, ended" exactly
+as the grabber produced it. Events are never dropped and never wait: they do not count against
+``capacity``. What a full buffer does with a new *frame* is the ``OverflowPolicy``: DROP_OLDEST
+removes the oldest unread frame (live sources: bounded latency, counted losses), WAIT blocks the
+writer (files: nothing lost). The grabber sets the policy when a source opens (``set_mode``), since
+only the opened source knows whether it is live.
 
-Invariants, checked by the property tests::
+Invariants, checked by the property tests (counters are of frames)::
 
     written == read + overwritten + len(buffer)
     frames come out in the order they went in (a subsequence of it under DROP_OLDEST)
-    under WAIT nothing is ever overwritten
+    under WAIT nothing is ever overwritten; events always come out, in order
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from dataclasses import dataclass
 
 from affectstream.errors import ConfigError
-from affectstream.stream.frames import OverflowPolicy, VideoFrame
+from affectstream.stream.frames import OverflowPolicy, SourceEvent, VideoFrame
+
+RingItem = VideoFrame | SourceEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +48,11 @@ class RingBuffer:
     """Fixed-capacity frame FIFO; see the module docstring."""
 
     def __init__(self, capacity: int, policy: OverflowPolicy) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ConfigError(f"ring buffer capacity must be a positive integer, got {capacity!r}")
+        _check_capacity(capacity)
         self._capacity = capacity
         self._policy = OverflowPolicy(policy)
-        self._slots: list[VideoFrame | None] = [None] * capacity
-        self._head = 0  # slot of the oldest unread frame
-        self._size = 0
+        self._items: collections.deque[RingItem] = collections.deque()
+        self._size = 0  # frames in _items
         self._written = 0
         self._overwritten = 0
         self._read = 0
@@ -100,44 +105,66 @@ class RingBuffer:
                 buffered=self._size,
             )
 
+    def set_mode(self, policy: OverflowPolicy, capacity: int) -> None:
+        """Switch policy and capacity (the grabber, once the source has said whether it is live)."""
+        _check_capacity(capacity)
+        with self._not_full:
+            self._policy = OverflowPolicy(policy)
+            self._capacity = capacity
+            while self._size > capacity and self._policy is OverflowPolicy.DROP_OLDEST:
+                self._drop_oldest_frame()
+            self._not_full.notify_all()
+
     def put(self, frame: VideoFrame, timeout: float | None = None) -> bool:
         """Append ``frame``; False if the ring is closed or (WAIT only) no slot freed within ``timeout``.
 
-        DROP_OLDEST never blocks: on a full ring it overwrites the oldest unread frame.
+        DROP_OLDEST never blocks: on a full ring it drops the oldest unread frame.
         """
         with self._not_full:
             if self._policy is OverflowPolicy.WAIT and not self._wait_for_slot(timeout):
                 return False
             if self._closed:
                 return False
-            if self._size == self._capacity:
+            if self._size >= self._capacity:
                 # Only DROP_OLDEST gets here with a full ring: the oldest unread frame is lost.
-                self._head = (self._head + 1) % self._capacity
-                self._size -= 1
-                self._overwritten += 1
-            tail = (self._head + self._size) % self._capacity
-            self._slots[tail] = frame
+                self._drop_oldest_frame()
+            self._items.append(frame)
             self._size += 1
             self._written += 1
             self._not_empty.notify()
             return True
 
-    def get(self, timeout: float | None = None) -> VideoFrame | None:
-        """The oldest unread frame; None on timeout, or once the ring is closed and drained."""
+    def put_event(self, event: SourceEvent) -> bool:
+        """Append a lifecycle event behind the frames already in; never blocks, never dropped.
+        False only once the ring is closed."""
+        with self._not_full:
+            if self._closed:
+                return False
+            self._items.append(event)
+            self._not_empty.notify()
+            return True
+
+    def get(self, timeout: float | None = None) -> RingItem | None:
+        """The oldest unread frame or event; None on timeout, or once the ring is closed and drained."""
         with self._not_empty:
             deadline = None if timeout is None else time.monotonic() + timeout
-            while self._size == 0 and not self._closed:
+            while not self._items and not self._closed:
                 if not _wait(self._not_empty, deadline):
                     return None
-            if self._size == 0:
+            if not self._items:
                 return None
-            frame = self._slots[self._head]
-            self._slots[self._head] = None  # release the image now, not when the slot is reused
-            self._head = (self._head + 1) % self._capacity
-            self._size -= 1
-            self._read += 1
-            self._not_full.notify()
-            return frame
+            item = self._items.popleft()
+            if isinstance(item, VideoFrame):
+                self._size -= 1
+                self._read += 1
+                self._not_full.notify()
+            return item
+
+    @property
+    def drained(self) -> bool:
+        """Closed, and nothing left to read."""
+        with self._not_empty:
+            return self._closed and not self._items
 
     def close(self) -> None:
         """Refuse further puts and wake every waiter; readers still drain what is buffered."""
@@ -146,10 +173,19 @@ class RingBuffer:
             self._not_empty.notify_all()
             self._not_full.notify_all()
 
+    def _drop_oldest_frame(self) -> None:
+        """Under the lock: remove the oldest unread frame (events before it stay, in order)."""
+        for index, item in enumerate(self._items):
+            if isinstance(item, VideoFrame):
+                del self._items[index]
+                self._size -= 1
+                self._overwritten += 1
+                return
+
     def _wait_for_slot(self, timeout: float | None) -> bool:
         """Under the lock: wait until a slot is free or the ring closes; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._size == self._capacity and not self._closed:
+        while self._size >= self._capacity and not self._closed:
             if not _wait(self._not_full, deadline):
                 return False
         return True
@@ -165,3 +201,8 @@ def _wait(condition: threading.Condition, deadline: float | None) -> bool:
         return False
     condition.wait(remaining)
     return True
+
+
+def _check_capacity(capacity: int) -> None:
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+        raise ConfigError(f"ring buffer capacity must be a positive integer, got {capacity!r}")

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 from affectstream._version import PROTOCOL_VERSION
 from affectstream.errors import AffectstreamError, ConfigError, MissingExtraError
 from affectstream.stream.eventlog import EventLog, EventLogConfig
-from affectstream.stream.messages import Message, encode
+from affectstream.stream.messages import ErrorReply, Hello, Record
 from affectstream.stream.subscriptions import ClientSession, Outgoing, ProtocolError, resume_in_query
 
 if TYPE_CHECKING:
@@ -119,14 +119,14 @@ class ServerCounters:
 class StreamServer:
     """Serves protocol v1 and the dashboard; ``write``/``flush``/``close`` make it a pipeline Sink."""
 
-    def __init__(self, config: ServerConfig, hello: Callable[[], Message], eventlog: EventLog | None = None) -> None:
+    def __init__(self, config: ServerConfig, hello: Callable[[], Hello], eventlog: EventLog | None = None) -> None:
         self.config = config
         self._hello = hello
         self._eventlog = eventlog or EventLog(
             EventLogConfig(config.eventlog_path, config.retention_s, config.estimate_retention_s))
         self._web = _load_web_files()
         self._lock = threading.Lock()
-        self._inbox: collections.deque[Message] = collections.deque()
+        self._inbox: collections.deque[Record] = collections.deque()
         self._wake_pending = False
         self._published = 0
         self._dropped = 0
@@ -179,7 +179,7 @@ class StreamServer:
 
     # -- the pipeline's side (any thread, never blocks) ----------------------------------------------
 
-    def publish(self, message: Message) -> None:
+    def publish(self, message: Record) -> None:
         with self._lock:
             if len(self._inbox) >= self.config.max_pending:
                 self._dropped += 1
@@ -273,16 +273,18 @@ class StreamServer:
             batch = list(self._inbox)
             self._inbox.clear()
             self._wake_pending = False
-        encoded: list[tuple[Message, str]] = []
+        encoded: list[Record] = []
         for message in batch:
             try:
-                encoded.append((message, encode(message)))
+                message.text  # noqa: B018 encoded here, once, for the log and every client
             except (TypeError, ValueError):
-                log.exception("dropping a message that is not valid JSON: %r", message.get("type"))
+                log.exception("dropping a %s message that is not valid JSON", message.type.value)
+                continue
+            encoded.append(message)
         self._eventlog.append(encoded)
         self._published += len(encoded)
-        for message, text in encoded:
-            item = Outgoing.of(message, text)
+        for message in encoded:
+            item = Outgoing.of(message)
             for client in self._clients:
                 client.session.offer(item)
         for client in self._clients:
@@ -415,7 +417,7 @@ class StreamServer:
             client.session.handle(request)
         except ProtocolError as error:
             client.errors += 1
-            client.session.reply({"type": "error", "v": PROTOCOL_VERSION, "code": error.code, "message": str(error)})
+            client.session.reply(ErrorReply(code=error.code, message=str(error)))
 
     def _counters(self) -> ServerCounters:
         sessions = [client.session.counters() for client in self._clients]

@@ -20,15 +20,24 @@ import enum
 import logging
 import math
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from affectstream.errors import ConfigError, PipelineError
+from affectstream.errors import ConfigError, PipelineError, SourceOutcome
 from affectstream.stream.frames import SourceEvent, SourceState
-from affectstream.stream.messages import EventKind, Message, MessageType, StreamMessages
+from affectstream.stream.messages import (
+    Estimate,
+    Event,
+    EventKind,
+    SeqCounter,
+    Stats,
+    StatsFields,
+    StreamRecord,
+    Summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +92,15 @@ def _positive_finite(value: float) -> bool:
     return math.isfinite(value) and value > 0
 
 
-@dataclass(frozen=True)
-class _Draft:
-    """A message not numbered yet: the session sorts drafts by media time, then numbers them."""
-
-    type_: MessageType
-    ts: float
-    fields: dict[str, Any] = field(default_factory=dict)
+# A record not numbered yet (stream "", seq -1, wall 0): the session sorts drafts by media time,
+# then numbers them (``StreamSession._number``).
+_Draft = StreamRecord
+_UNNUMBERED: dict[str, Any] = {"stream": "", "seq": -1, "wall": 0}
 
 
 def _event(kind: EventKind, ts: float, label: str | None = None, value: float | None = None,
-           **fields: Any) -> _Draft:
-    return _Draft(MessageType.EVENT, ts, {"kind": kind.value, "label": label, "value": value, **fields})
+           **fields: Any) -> Event:
+    return Event(ts=ts, kind=kind, label=label, value=value, **fields, **_UNNUMBERED)
 
 
 def _r(value: float, places: int = 4) -> float:
@@ -276,26 +282,21 @@ class RollingWindow:
         self._k = 1
         return out
 
-    def _summary(self, samples: list[_Sample], start: float, end: float, partial: bool) -> _Draft:
+    def _summary(self, samples: list[_Sample], start: float, end: float, partial: bool) -> Summary:
         scores = np.stack([s.scores for s in samples])
         mean = scores.mean(axis=0)
         dominant_counts = np.bincount(scores.argmax(axis=1), minlength=len(self._labels))
         share = dominant_counts / len(samples)
         sentiments = np.array([s.sentiment for s in samples])
-        fields: dict[str, Any] = {
-            "window_s": self.window,
-            "start": round(start, 6),
-            "end": round(end, 6),
-            "frames": len(samples),
-            "mean": {label: _r(m) for label, m in zip(self._labels, mean)},
-            "dominant": self._labels[int(np.argmax(mean))],
-            "share": {label: _r(s) for label, s in zip(self._labels, share)},
-            "sentiment_mean": _r(float(np.clip(sentiments.mean(), -1.0, 1.0))),
-            "sentiment_trend": _r(slope_per_second([s.ts for s in samples], sentiments), 6),
-        }
-        if partial:
-            fields["partial"] = True
-        return _Draft(MessageType.SUMMARY, end, fields)
+        return Summary(
+            ts=end, window_s=self.window, start=round(start, 6), end=round(end, 6), frames=len(samples),
+            mean={label: _r(m) for label, m in zip(self._labels, mean)},
+            dominant=self._labels[int(np.argmax(mean))],
+            share={label: _r(s) for label, s in zip(self._labels, share)},
+            sentiment_mean=_r(float(np.clip(sentiments.mean(), -1.0, 1.0))),
+            sentiment_trend=_r(slope_per_second([s.ts for s in samples], sentiments), 6),
+            partial=partial, **_UNNUMBERED,
+        )
 
 
 def slope_per_second(ts: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray) -> float:
@@ -328,7 +329,7 @@ class StreamSession:
         self.stream_id = stream_id
         self.labels = tuple(labels)
         self.config = config
-        self._messages = StreamMessages(stream_id, first_seq)
+        self._seq = SeqCounter(first_seq)
         self._episodes = [EpisodeTracker(label, config) for label in self.labels]
         self._shifts = ShiftDetector(self.labels, config)
         self._windows = [RollingWindow(w, h, self.labels) for w, h in zip(config.windows_s, config.hops)]
@@ -337,33 +338,26 @@ class StreamSession:
 
     @property
     def next_seq(self) -> int:
-        return self._messages.next_seq
+        return self._seq.next_seq
 
     def on_estimate(self, ts: float, wall: int, scores: ScoreInput, sentiment: float,
-                    latency_ms: dict[str, float] | None = None, age_ms: float | None = None,
-                    faces: list[Any] | None = None) -> list[Message]:
+                    latency_ms: Mapping[str, float] | None = None, age_ms: float | None = None,
+                    faces: tuple[dict[str, Any], ...] | None = None) -> list[StreamRecord]:
         """The ``estimate`` message, then the events and summaries this estimate completes."""
         values = self._check_scores(scores)
         sentiment = float(np.clip(sentiment, -1.0, 1.0)) if math.isfinite(sentiment) else 0.0
-        out: list[Message] = []
+        out: list[StreamRecord] = []
         if self._last_ts is not None and ts < self._last_ts:
             # Media time went back (a live source restarted its clock): close what ran on the old clock.
             log.info("stream %s: media time went back from %.3f to %.3f; restarting windows and episodes",
                      self.stream_id, self._last_ts, ts)
             out += self._number(self._close_all(self._last_ts) + self._flush_windows(self._last_ts), wall)
         self._last_ts = ts
-        fields: dict[str, Any] = {
-            "scores": {label: _r(v) for label, v in zip(self.labels, values)},
-            "sentiment": _r(sentiment),
-            "dominant": self.labels[int(np.argmax(values))],
-        }
-        if latency_ms is not None:
-            fields["latency_ms"] = latency_ms
-        if age_ms is not None:
-            fields["age_ms"] = age_ms
-        if faces is not None:
-            fields["faces"] = faces
-        out.append(self._messages.make(MessageType.ESTIMATE, ts, wall, **fields))
+        out.append(Estimate(
+            stream=self.stream_id, seq=self._seq.take(), ts=ts, wall=wall,
+            scores={label: _r(v) for label, v in zip(self.labels, values)}, sentiment=_r(sentiment),
+            dominant=self.labels[int(np.argmax(values))], latency_ms=latency_ms, age_ms=age_ms, faces=faces,
+        ))
         drafts: list[_Draft] = []
         for tracker, value in zip(self._episodes, values):
             drafts += tracker.update(ts, float(value))
@@ -374,27 +368,24 @@ class StreamSession:
         log.debug("stream %s ts=%.3f: %d derived messages", self.stream_id, ts, len(drafts))
         return out + self._number(drafts, wall)
 
-    def on_source_event(self, event: SourceEvent, ts: float) -> list[Message]:
+    def on_source_event(self, event: SourceEvent, ts: float) -> list[StreamRecord]:
         """Lifecycle changes as events; a stream that stops or reconnects closes its open episodes."""
         kind = _LIFECYCLE_KINDS.get(event.state)
         if kind is None:  # NOT_STARTED, OPENING: nothing a client needs to know
             return []
-        drafts = [] if kind is EventKind.STREAM_STARTED else self._close_all(ts)
-        fields: dict[str, Any] = {"detail": event.detail}
-        if event.attempt:
-            fields["attempt"] = event.attempt
-        if kind in (EventKind.STREAM_ENDED, EventKind.STREAM_ERROR):
-            default = "ended" if kind is EventKind.STREAM_ENDED else None
-            fields["outcome"] = event.outcome.value if event.outcome is not None else default
-            fields["frames_read"] = event.frames_read
-            if event.damage is not None:
-                fields["damage"] = event.damage
-        elif event.outcome is not None:
-            fields["outcome"] = event.outcome.value
-        drafts.append(_event(kind, ts, **fields))
+        drafts: list[_Draft] = [] if kind is EventKind.STREAM_STARTED else self._close_all(ts)
+        terminal = kind in (EventKind.STREAM_ENDED, EventKind.STREAM_ERROR)
+        outcome = event.outcome
+        if outcome is None and kind is EventKind.STREAM_ENDED:
+            outcome = SourceOutcome.ENDED
+        drafts.append(_event(
+            kind, ts, detail=event.detail, attempt=event.attempt or None, outcome=outcome,
+            frames_read=event.frames_read if terminal else None,
+            damage=event.damage if terminal else None, restart_ts=event.restart_ts, source=event,
+        ))
         return self._number(drafts, event.wall_ms)
 
-    def on_drops(self, ts: float, wall: int, dropped_total: int) -> list[Message]:
+    def on_drops(self, ts: float, wall: int, dropped_total: int) -> list[StreamRecord]:
         """A ``frames_dropped`` event when the count rose: ``value``/``total`` so far, ``new`` since last."""
         if dropped_total <= self._dropped_reported:
             return []
@@ -403,10 +394,10 @@ class StreamSession:
         return self._number([_event(EventKind.FRAMES_DROPPED, ts, None, dropped_total, new=new,
                                     total=dropped_total)], wall)
 
-    def stats(self, ts: float, wall: int, **fields: Any) -> Message:
-        return self._messages.make(MessageType.STATS, ts, wall, **fields)
+    def stats(self, ts: float, wall: int, fields: StatsFields) -> Stats:
+        return Stats(stream=self.stream_id, seq=self._seq.take(), ts=ts, wall=wall, fields=fields)
 
-    def finish(self, ts: float, wall: int) -> list[Message]:
+    def finish(self, ts: float, wall: int) -> list[StreamRecord]:
         """Close open episodes and flush the unfinished windows as ``partial`` summaries."""
         end = max(ts, self._last_ts) if self._last_ts is not None else ts
         return self._number(self._close_all(end) + self._flush_windows(end), wall)
@@ -423,9 +414,9 @@ class StreamSession:
             drafts += window.flush(ts)
         return drafts
 
-    def _number(self, drafts: list[_Draft], wall: int) -> list[Message]:
+    def _number(self, drafts: list[_Draft], wall: int) -> list[StreamRecord]:
         ordered = sorted(drafts, key=lambda d: d.ts)  # stable: same-ts drafts keep their causal order
-        return [self._messages.make(d.type_, d.ts, wall, **d.fields) for d in ordered]
+        return [replace(d, stream=self.stream_id, seq=self._seq.take(), wall=wall) for d in ordered]
 
     def _check_scores(self, scores: ScoreInput) -> np.ndarray:
         values = np.asarray(scores, dtype=np.float64).reshape(-1)

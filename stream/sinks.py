@@ -1,6 +1,7 @@
 """Where protocol messages go: JSON Lines files or stdout, memory, several at once.
 
-A sink takes messages (plain dicts from stream/messages.py) one at a time. Sinks never stop the
+A sink takes messages (records from stream/messages.py) one at a time; what it writes is the
+record's ``text``, encoded once for every sink. Sinks never stop the
 pipeline: a consumer that went away (``affectstream run ... | head``) closes the JSONL sink quietly,
 and ``FanoutSink`` drops a sink that fails while the others go on.
 """
@@ -16,14 +17,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
 
-from affectstream.stream.messages import Message, encode
+from affectstream.stream.messages import MessageType, Record, Wire
 
 log = logging.getLogger(__name__)
 
 
 @runtime_checkable
 class Sink(Protocol):
-    def write(self, message: Message) -> None: ...
+    def write(self, message: Record) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -74,15 +75,15 @@ class JsonlSink:
         with self._lock:
             return self._closed
 
-    def write(self, message: Message) -> None:
+    def write(self, message: Record) -> None:
         try:
-            line = encode(message)
+            line = message.text
         except (TypeError, ValueError) as error:
             # One malformed message must not end the output: leave it out and say so.
             with self._lock:
                 self.skipped += 1
             log.error("%s: left out a %s message that is not valid JSON (%s)",
-                      self.name, message.get("type"), error)
+                      self.name, message.type.value, error)
             return
         with self._lock:
             if self._closed:
@@ -139,25 +140,29 @@ class MemorySink:
     """Keeps every message in a list, for tests and library users; thread-safe."""
 
     def __init__(self) -> None:
-        self._messages: list[Message] = []
+        self._messages: list[Record] = []
         self._lock = threading.Lock()
         self._closed = False
 
     @property
-    def messages(self) -> list[Message]:
+    def messages(self) -> list[Record]:
         """A copy of the messages so far, in the order they were written."""
         with self._lock:
             return list(self._messages)
+
+    def wire(self) -> list[Wire]:
+        """The messages so far in their wire form (what a client would decode)."""
+        return [message.to_wire() for message in self.messages]
 
     @property
     def closed(self) -> bool:
         with self._lock:
             return self._closed
 
-    def of_type(self, type_: str) -> list[Message]:
-        return [message for message in self.messages if message.get("type") == type_]
+    def of_type(self, type_: MessageType) -> list[Record]:
+        return [message for message in self.messages if message.type is type_]
 
-    def write(self, message: Message) -> None:
+    def write(self, message: Record) -> None:
         with self._lock:
             if not self._closed:
                 self._messages.append(message)
@@ -183,7 +188,7 @@ class FanoutSink:
         with self._lock:
             return list(self._sinks)
 
-    def write(self, message: Message) -> None:
+    def write(self, message: Record) -> None:
         for sink in self.sinks:
             try:
                 sink.write(message)

@@ -24,7 +24,11 @@ from typing import Any, Protocol
 from affectstream.errors import ConfigError, SourceOutcome
 from affectstream.stream.frames import VideoFrame
 
-URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", "udp://", "srt://", "tcp://")
+# Streaming protocols: what they carry is live (it reconnects when it stops), whatever it shows.
+LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "srt", "tcp", "udp")
+# Request-response protocols: a file, a VOD playlist or a live HLS playlist; the opened media decides.
+ON_DEMAND_SCHEMES = ("http", "https")
+URL_SCHEMES = tuple(f"{scheme}://" for scheme in LIVE_SCHEMES + ON_DEMAND_SCHEMES)
 
 
 class SourceKind(str, enum.Enum):
@@ -135,11 +139,20 @@ class SourceDamage:
 
 
 class Source(Protocol):
-    """One video input. Not thread-safe: one grabber thread opens, reads and closes it."""
+    """One video input. Not thread-safe: one grabber thread opens, reads and closes it.
 
-    stream_id: str
-    uri: str
-    is_live: bool
+    ``is_live`` is ``is_live(uri)`` until ``open()``; after it, ``SourceInfo.is_live`` (the same rule
+    with what the media says of itself) and ``is_live`` agree.
+    """
+
+    @property
+    def stream_id(self) -> str: ...
+
+    @property
+    def uri(self) -> str: ...
+
+    @property
+    def is_live(self) -> bool: ...
 
     @property
     def damage(self) -> SourceDamage: ...
@@ -161,8 +174,60 @@ def classify_uri(uri: str) -> SourceKind:
     return SourceKind.FILE
 
 
+def is_live(uri: str, duration_s: float | None = None, opened: bool = False) -> bool:
+    """The one rule for live versus file (ring policy, sampling rate, pacing, reconnecting).
+
+    Media that ends is a file wherever it comes from: an http(s) URL with a finite duration once
+    opened (an mp4 on a web server, a VOD HLS playlist with #EXT-X-ENDLIST) is read like a local file.
+    Webcams and the streaming protocols (LIVE_SCHEMES) are live; an http(s) URL is live until it is
+    opened (it may be a camera that is not up yet) and afterwards only if it has no duration.
+    """
+    kind = classify_uri(uri)
+    if kind is SourceKind.WEBCAM:
+        return True
+    if kind is SourceKind.FILE:
+        return False
+    scheme = uri.strip().lower().partition("://")[0]
+    if scheme in ON_DEMAND_SCHEMES and opened:
+        return duration_s is None or not duration_s > 0
+    return True
+
+
+class SourceWrapper:
+    """A source that delegates everything to ``inner``; subclasses override what they change."""
+
+    def __init__(self, inner: Source) -> None:
+        self._inner = inner
+
+    @property
+    def stream_id(self) -> str:
+        return self._inner.stream_id
+
+    @property
+    def uri(self) -> str:
+        return self._inner.uri
+
+    @property
+    def is_live(self) -> bool:
+        return self._inner.is_live
+
+    @property
+    def damage(self) -> SourceDamage:
+        return self._inner.damage
+
+    def open(self) -> SourceInfo:
+        return self._inner.open()
+
+    def read(self) -> VideoFrame | None:
+        return self._inner.read()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 def open_source(uri: str, stream_id: str, config: SourceConfig) -> Source:
     """The source for ``uri`` (not opened yet: call ``open()``)."""
+    uri = uri.strip()
     kind = classify_uri(uri)
     # Imported here: the readers import this module's types.
     if kind is SourceKind.WEBCAM:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from affectstream.stream.messages import StatsFields
+
 
 def percentiles(values: collections.deque[float] | list[float]) -> dict[str, float]:
     if not values:
@@ -48,20 +50,20 @@ class StreamStats:
     def record_batch(self, size: int) -> None:
         self._batch_sizes.append(size)
 
-    def snapshot(self, written: int, sampled: int, dropped: int, queue_depth: int) -> dict[str, object]:
+    def snapshot(self, written: int, sampled: int, dropped: int, queue_depth: int) -> StatsFields:
         now = self._clock()
         elapsed = max(now - self._last_time, 1e-6)
-        fields: dict[str, object] = {
-            "input_fps": round((written - self._last_written) / elapsed, 3),
-            "sampled_fps": round((sampled - self._last_sampled) / elapsed, 3),
-            "frames_in": written,
-            "frames_sampled": sampled,
-            "estimates": self.estimates,
-            "drops": dropped,
-            "queue_depth": queue_depth,
-            "batch_size": round(float(np.mean(self._batch_sizes)), 3) if self._batch_sizes else 0.0,
-            "latency_ms": percentiles(self._ages),
-            "stage_ms": {stage: percentiles(values) for stage, values in self._stages.items()},
-        }
+        fields = StatsFields(
+            input_fps=round((written - self._last_written) / elapsed, 3),
+            sampled_fps=round((sampled - self._last_sampled) / elapsed, 3),
+            frames_in=written,
+            frames_sampled=sampled,
+            estimates=self.estimates,
+            drops=dropped,
+            queue_depth=queue_depth,
+            batch_size=round(float(np.mean(self._batch_sizes)), 3) if self._batch_sizes else 0.0,
+            latency_ms=percentiles(self._ages),
+            stage_ms={stage: percentiles(values) for stage, values in self._stages.items()},
+        )
         self._last_time, self._last_written, self._last_sampled = now, written, sampled
         return fields

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from affectstream._version import PROTOCOL_VERSION
+from affectstream.stream import messages
 from affectstream.stream.eventlog import DURABLE_TYPES, StoredMessage
-from affectstream.stream.messages import Message, MessageType, encode
+from affectstream.stream.messages import LagEntry, Lagged, MessageType, Record, Subscribed
 
 COALESCED_TYPES: frozenset[str] = frozenset({MessageType.ESTIMATE.value, MessageType.STATS.value})
-STREAM_TYPES: tuple[str, ...] = tuple(t.value for t in MessageType if t is not MessageType.HELLO)
+STREAM_TYPES: tuple[str, ...] = tuple(t.value for t in messages.STREAM_TYPES)
 CLIENT_TYPES: tuple[str, ...] = ("subscribe", "unsubscribe", "resume")
 REPLAY_PAGE = 200
 
@@ -52,10 +52,8 @@ class Outgoing:
     seq: int | None = None
 
     @classmethod
-    def of(cls, message: Message, text: str | None = None) -> Outgoing:
-        seq = message.get("seq")
-        return cls(text if text is not None else encode(message), str(message.get("type")),
-                   message.get("stream"), seq if isinstance(seq, int) else None)
+    def of(cls, message: Record) -> Outgoing:
+        return cls(message.text, message.type.value, message.stream_id, message.seq_no)
 
     @classmethod
     def stored(cls, row: StoredMessage) -> Outgoing:
@@ -111,12 +109,13 @@ class Selection:
         if types is not None:
             self.excluded_types |= types
 
-    def describe(self) -> dict[str, Any]:
-        def listed(values: frozenset[str] | None) -> list[str] | None:
-            return None if values is None else sorted(values)
+    def describe(self) -> Subscribed:
+        def listed(values: frozenset[str] | None) -> tuple[str, ...] | None:
+            return None if values is None else tuple(sorted(values))
 
-        return {"streams": listed(self.streams), "types": listed(self.types),
-                "excluded_streams": sorted(self.excluded_streams), "excluded_types": sorted(self.excluded_types)}
+        return Subscribed(streams=listed(self.streams), types=listed(self.types),
+                          excluded_streams=tuple(sorted(self.excluded_streams)),
+                          excluded_types=tuple(sorted(self.excluded_types)))
 
 
 @dataclass
@@ -188,7 +187,7 @@ class ClientSession:
         else:
             self._push(item)
 
-    def reply(self, message: Message) -> None:
+    def reply(self, message: Record) -> None:
         """Queue a message for this client alone (hello, subscribed, error)."""
         self._push(Outgoing.of(message))
 
@@ -240,7 +239,7 @@ class ClientSession:
             change = self.selection.subscribe if kind == "subscribe" else self.selection.unsubscribe
             change(streams, types)
             self._drop_unwanted()
-            self.reply({"type": "subscribed", "v": PROTOCOL_VERSION, **self.selection.describe()})
+            self.reply(self.selection.describe())
         elif kind == "resume":
             self.resume(_seq_map(request))
         elif isinstance(kind, str):
@@ -311,13 +310,12 @@ class ClientSession:
             cursor.queued_seq = cursor.sent_seq
         self._refresh_lag_notice(create=True)
 
-    def _lag_message(self) -> Message | None:
-        lagged = {stream: {"resume_after": cursor.sent_seq, "missed": cursor.missed}
+    def _lag_message(self) -> Lagged | None:
+        lagged = {stream: LagEntry(resume_after=cursor.sent_seq, missed=cursor.missed)
                   for stream, cursor in sorted(self._cursors.items()) if cursor.state is StreamState.LAGGED}
         if not lagged:
             return None
-        return {"type": "lagged", "v": PROTOCOL_VERSION, "streams": lagged,
-                "hint": "send {\"type\": \"resume\", \"streams\": {stream: resume_after}} to get what was missed"}
+        return Lagged(streams=lagged)
 
     def _refresh_lag_notice(self, create: bool) -> None:
         """Keep the unsent `lagged` notice up to date (it is coalesced too). Once sent, the client
@@ -419,5 +417,5 @@ def _seq_map(request: dict[str, Any]) -> dict[str, int]:
     return dict(value)
 
 
-def outgoing_all(messages: Iterable[Message]) -> list[Outgoing]:
-    return [Outgoing.of(message) for message in messages]
+def outgoing_all(records: Iterable[Record]) -> list[Outgoing]:
+    return [Outgoing.of(record) for record in records]
