@@ -7,7 +7,8 @@
     ├── MissingExtraError             an optional dependency is absent: ``pip install affectstream[x]``
     ├── ModelError                    the model cannot be built or loaded
     │   ├── WeightsUnavailableError   weights cannot be fetched (offline): pass a local file instead
-    │   └── BundleError               a model bundle is missing files, has a bad manifest or wrong hashes
+    │   ├── BundleError               a model bundle is missing files, has a bad manifest or wrong hashes
+    │   └── ModelFilesMissingError    face model files are not in the model cache and cannot be fetched here
     ├── SourceError                   a video source cannot give frames; ``outcome`` says what kind
     │   ├── SourceOpenError           cannot be opened at all (missing, empty, not a video, no video track)
     │   └── SourceReadError           opened, then failed mid-stream (truncated, corrupt, connection lost)
@@ -53,6 +54,11 @@ class WeightsUnavailableError(ModelError):
 
 class BundleError(ModelError):
     """A model bundle directory is incomplete or inconsistent."""
+
+
+class ModelFilesMissingError(ModelError):
+    """Model files (face detector, expression classifier) are not in the model cache, or the package
+    registry they come from is out of reach; the message gives the commands that get them."""
 
 
 class SourceOutcome(str, enum.Enum):
