@@ -131,6 +131,10 @@ def _add_optional_commands(commands: argparse._SubParsersAction[argparse.Argumen
     add_train_parser(commands)
     add_evaluate_parser(commands)
 
+    from affectstream.models_cli import add_models_parser
+
+    add_models_parser(commands)
+
 
 def _configure_logging(verbosity: int) -> None:
     # Our own logger says what it is doing (INFO; -v adds per-frame DEBUG); libraries (open_clip,
@@ -163,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "extract": _extract,
         "train": _train,
         "evaluate": _evaluate,
+        "models": _models,
     }
     try:
         return handlers[args.command](args, environment)
@@ -223,6 +228,12 @@ def _evaluate(args: argparse.Namespace, environment: dict[str, str]) -> int:
     from affectstream.training.train_cli import run_evaluate
 
     return run_evaluate(args, environment)
+
+
+def _models(args: argparse.Namespace, environment: dict[str, str]) -> int:
+    from affectstream.models_cli import run_models
+
+    return run_models(args, environment)
 
 
 def _build_engine(args: argparse.Namespace, environment: dict[str, str]) -> int:

