@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
@@ -34,6 +34,9 @@ from torch import nn
 
 from affectstream.engine.labels import EMOTIONS
 from affectstream.errors import ConfigError, MissingExtraError, ModelError
+
+if TYPE_CHECKING:  # ort_backend is imported when an ONNX model is run, not with this module
+    from affectstream.engine.ort_backend import OrtConfig
 
 log = logging.getLogger(__name__)
 
@@ -784,7 +787,8 @@ class OrtRunner:
     name = "onnx"
     precision = "fp32"
 
-    def __init__(self, path: Path, spec: InputSpec, device: str = "cpu", config: Any = None) -> None:
+    def __init__(self, path: Path, spec: InputSpec, device: str = "cpu",
+                 config: OrtConfig | None = None) -> None:
         from affectstream.engine.ort_backend import make_session
 
         self.device = device
@@ -857,7 +861,7 @@ class ExpressionClassifier:
 
     @classmethod
     def from_descriptor(cls, path: str | Path, *, backend: str = "auto", device: str = "cpu",
-                        precision: str = "auto", ort_config: Any = None) -> ExpressionClassifier:
+                        precision: str = "auto", ort_config: OrtConfig | None = None) -> ExpressionClassifier:
         """The model a descriptor JSON describes; ``backend`` auto | torch | onnx."""
         descriptor = ExpressionDescriptor.load(path)
         chosen = _choose_backend(descriptor, backend, device)
