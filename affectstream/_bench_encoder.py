@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from affectstream.engine.backends import Backend, BackendChoice, build_encoder
+from affectstream.engine.files import VISUAL_INT8_ONNX
 from affectstream.engine.interfaces import ImageEncoder
 from affectstream.engine.models import ModelSpec, build_clip
 from affectstream.engine.parity import FLOAT_BOUND, INT8_BOUND, compare, parity_frames
@@ -61,7 +62,7 @@ def _int8_encoder(spec: ModelSpec, device: str, calibration: Sequence[np.ndarray
     fp32 = export_visual(reference.visual, spec.image_size, scratch / "visual.onnx")
     with torch.inference_mode():
         batches = [reference.preprocessor(calibration[i : i + 8]).numpy() for i in range(0, len(calibration), 8)]
-    path = quantize_int8(fp32, scratch / "visual.int8.onnx", batches)
+    path = quantize_int8(fp32, scratch / VISUAL_INT8_ONNX, batches)
     return OrtEncoder.from_file(path, spec, device, "int8", config)
 
 

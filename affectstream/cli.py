@@ -18,6 +18,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from affectstream._version import __version__
+from affectstream.engine.interfaces import HeadKind
+from affectstream.engine.precisions import PRECISIONS, Backend
 from affectstream.errors import AffectstreamError, ConfigError, MissingExtraError, ModelError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_NOTHING, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -30,12 +32,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default=None,
                        help="model preset (clip-vit-b32 [default], tiny-random), a weights file, or ARCH:FILE")
     group.add_argument("--bundle", default=None, help="model bundle directory (made by train or bundle create)")
-    group.add_argument("--head", default="auto", choices=["auto", "lstm", "zero-shot"],
+    group.add_argument("--head", default="auto", choices=[kind.value for kind in HeadKind],
                        help="temporal head; auto = the bundle's LSTM if it has one, else zero-shot")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    group.add_argument("--backend", default="auto", choices=["auto", "torch", "compile", "onnx", "tensorrt"],
+    group.add_argument("--backend", default="auto", choices=[backend.value for backend in Backend],
                        help="image encoder backend; auto = the fastest one ready (docs/benchmarks.md)")
-    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16", "int8"],
+    group.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                        help="encoder precision; auto = fp16 on CUDA, else fp32 (int8 where build-engine made it)")
     group.add_argument("--dynamic-threshold", type=float, default=None, metavar="RATIO",
                        help="zero-shot: zero every score below RATIO x the frame's highest (the seed's rule)")

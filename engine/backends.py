@@ -10,7 +10,6 @@ CPU the bundle's ONNX graph (its int8 variant where build-engine made one), else
 from __future__ import annotations
 
 import atexit
-import enum
 import importlib.util
 import logging
 import shutil
@@ -19,33 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from affectstream.engine.files import VISUAL_INT8_ONNX, VISUAL_ONNX
 from affectstream.engine.interfaces import ImageEncoder
 from affectstream.engine.models import ModelSpec
-from affectstream.engine.onnx_export import VISUAL_INT8_ONNX
+from affectstream.engine.precisions import PRECISIONS, SUPPORTED, Backend
 from affectstream.errors import ConfigError, MissingExtraError
 
 log = logging.getLogger(__name__)
 
-VISUAL_ONNX = "visual.onnx"  # engine/bundle.py's name; repeated here so that bundle need not be imported
 
 
-class Backend(str, enum.Enum):
-    AUTO = "auto"
-    TORCH = "torch"
-    COMPILE = "compile"
-    ONNX = "onnx"
-    TENSORRT = "tensorrt"
-
-
-PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
-# What each backend can run. fp16 on the CPU has no fast kernels; ONNX Runtime's CPU fp16 and bf16
-# kernels cover few operators, so it runs fp32 or int8 graphs.
-SUPPORTED: dict[Backend, tuple[str, ...]] = {
-    Backend.TORCH: ("fp32", "fp16", "bf16"),
-    Backend.COMPILE: ("fp32", "fp16", "bf16"),
-    Backend.ONNX: ("fp32", "int8"),
-    Backend.TENSORRT: ("fp32", "fp16", "int8"),
-}
 
 
 @dataclass(frozen=True)

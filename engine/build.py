@@ -16,14 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from affectstream.engine.bundle import VISUAL_ONNX, ModelBundle, load_bundle, read_manifest, register_file
+from affectstream.engine.bundle import ModelBundle, load_bundle, read_manifest, register_file
 from affectstream.engine.bundle import write_manifest as _write_manifest
 from affectstream.engine.encoder import TorchEncoder, resolve_device
+from affectstream.engine.files import TEMPORAL_ONNX, VISUAL_FP16_ONNX, VISUAL_INT8_ONNX, VISUAL_ONNX
 from affectstream.engine.models import ModelSpec, build_clip
 from affectstream.engine.onnx_export import (
-    TEMPORAL_ONNX,
-    VISUAL_FP16_ONNX,
-    VISUAL_INT8_ONNX,
     ExportConfig,
     export_temporal_step,
     export_visual,
@@ -37,6 +35,7 @@ from affectstream.engine.parity import (
     parity_frames,
     require,
 )
+from affectstream.engine.precisions import SUPPORTED, Backend
 from affectstream.engine.tensorrt_backend import BatchProfile
 from affectstream.errors import ConfigError, ModelError
 
@@ -58,8 +57,7 @@ class BuildConfig:
     def __post_init__(self) -> None:
         if self.backend not in BUILD_BACKENDS:
             raise ConfigError(f"build-engine --backend must be one of {BUILD_BACKENDS}, got {self.backend!r}")
-        allowed = {"onnx": ("fp32", "int8"), "tensorrt": ("fp32", "fp16", "int8"),
-                   "compile": ("fp32", "fp16", "bf16")}[self.backend]
+        allowed = SUPPORTED[Backend(self.backend)]
         if self.precision not in allowed:
             raise ConfigError(f"--backend {self.backend} builds {'/'.join(allowed)}, not {self.precision}")
 

@@ -13,8 +13,6 @@ copied or edited bundle fails at load time with a message, not later with odd sc
 
 from __future__ import annotations
 
-import enum
-import hashlib
 import json
 import logging
 import os
@@ -33,8 +31,15 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
 
+from affectstream.engine.files import (
+    MANIFEST,
+    TEMPORAL,
+    TEXT_EMBEDDINGS,
+    VISUAL_ONNX,
+    file_sha256,
+)
 from affectstream.engine.heads import SENTIMENT_POLES, LstmHead, ZeroShotConfig, ZeroShotHead
-from affectstream.engine.interfaces import TemporalHead
+from affectstream.engine.interfaces import HeadKind, TemporalHead
 from affectstream.engine.labels import EMOTIONS
 from affectstream.engine.lstm import TemporalConfig, TemporalLSTM
 from affectstream.errors import BundleError, ConfigError
@@ -42,17 +47,6 @@ from affectstream.errors import BundleError, ConfigError
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-TEXT_EMBEDDINGS = "text_embeddings.safetensors"
-TEMPORAL = "temporal.safetensors"
-VISUAL_ONNX = "visual.onnx"
-ENGINES_DIR = "engines"
-
-
-class HeadKind(str, enum.Enum):
-    AUTO = "auto"  # the LSTM where the bundle has temporal weights, else zero-shot
-    LSTM = "lstm"
-    ZERO_SHOT = "zero-shot"
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,14 +88,6 @@ class ModelBundle:
         if chosen is HeadKind.LSTM:
             return LstmHead(self.temporal_module(), device=device)
         return ZeroShotHead.from_bundle(self, zero_shot_config)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_bundle(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from affectstream.engine.interfaces import HeadOutput
+from affectstream.engine.interfaces import HeadKind, HeadOutput
 from affectstream.engine.labels import EMOTIONS
 from affectstream.engine.lstm import LstmState, TemporalLSTM
 from affectstream.errors import ConfigError, ModelError, PipelineError
@@ -94,7 +94,7 @@ def check_step_input(stream_ids: Sequence[str], features: np.ndarray, embed_dim:
 class ZeroShotHead:
     """CLIP zero-shot scoring against class text embeddings, smoothed over time per stream."""
 
-    name = "zero-shot"
+    name = HeadKind.ZERO_SHOT.value
 
     def __init__(
         self,
@@ -158,7 +158,7 @@ class LstmHead:
     batch, stepped, and scattered back. A new (or reset) stream starts from zeros.
     """
 
-    name = "lstm"
+    name = HeadKind.LSTM.value
 
     def __init__(self, module: TemporalLSTM, device: str = "cpu") -> None:
         if module.config.bidirectional:

@@ -6,6 +6,7 @@ The runtime (``affectstream.stream``) and training both talk to these protocols 
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -43,6 +44,14 @@ class HeadOutput:
 
     scores: np.ndarray  # (N, len(EMOTIONS)) float32
     sentiment: np.ndarray  # (N,) float32
+
+
+class HeadKind(str, enum.Enum):
+    """The temporal heads a bundle or the command line can name (a head's ``name`` is one of these)."""
+
+    AUTO = "auto"  # the LSTM where the bundle has temporal weights, else zero-shot
+    LSTM = "lstm"
+    ZERO_SHOT = "zero-shot"
 
 
 @runtime_checkable

@@ -13,13 +13,13 @@ are read from open_clip's config for the architecture and pretrained tag, exactl
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from affectstream.engine.files import file_sha256
 from affectstream.engine.hub import hub_unreachable, weights_in_cache
 from affectstream.errors import BundleError, ConfigError, ModelError, WeightsUnavailableError
 
@@ -210,21 +210,6 @@ def _existing_weights(path_text: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"weights file {path} does not exist: check the path given to --model")
     return path.resolve()
-
-
-def file_sha256(path: Path) -> str:
-    stat = path.stat()
-    return _cached_sha256(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
-    # Keyed on size and mtime too, so that a file replaced in place is hashed again.
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @functools.cache

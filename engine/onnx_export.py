@@ -188,7 +188,3 @@ def check_onnx(path: Path) -> None:
         raise ModelError(f"the exported graph {path} is not valid ONNX ({error}): report this with the model") from None
 
 
-# Where build-engine puts its files inside a bundle (engine/bundle.py names visual.onnx and engines/).
-VISUAL_INT8_ONNX = "visual.int8.onnx"
-VISUAL_FP16_ONNX = "visual.fp16.onnx"
-TEMPORAL_ONNX = "temporal.onnx"

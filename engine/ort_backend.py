@@ -20,16 +20,17 @@ import numpy as np
 import torch
 
 from affectstream.engine.heads import check_step_input
-from affectstream.engine.interfaces import HeadOutput
+from affectstream.engine.interfaces import HeadKind, HeadOutput
 from affectstream.engine.lstm import TemporalConfig
 from affectstream.engine.models import ModelSpec
 from affectstream.engine.onnx_export import TEMPORAL_INPUTS, VISUAL_INPUT, VISUAL_OUTPUT
+from affectstream.engine.precisions import SUPPORTED, Backend
 from affectstream.engine.preprocess import Preprocessor, TensorEncoder
 from affectstream.errors import ConfigError, MissingExtraError, ModelError
 
 log = logging.getLogger(__name__)
 
-ORT_PRECISIONS = ("fp32", "int8")
+ORT_PRECISIONS = SUPPORTED[Backend.ONNX]
 
 
 def require_onnxruntime() -> ModuleType:
@@ -167,7 +168,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndar
 class OrtLstmHead:
     """``TemporalHead`` running the exported LSTM step; (h, c) kept per stream like ``LstmHead``."""
 
-    name = "lstm"
+    name = HeadKind.LSTM.value
 
     def __init__(self, session: Any, config: TemporalConfig) -> None:
         self.session = session

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from affectstream.engine.interfaces import ImageEncoder, TemporalHead
+from affectstream.engine.interfaces import HeadKind, ImageEncoder, TemporalHead
 from affectstream.engine.labels import EMOTIONS
 
 log = logging.getLogger(__name__)
@@ -60,14 +60,14 @@ def load_engine(choice: EngineChoice) -> Engine:
         labels = tuple(bundle.manifest.get("labels", EMOTIONS))
         info = {"backbone": spec.name, "bundle": str(choice.bundle),
                 "backend": picked.backend.value, "precision": picked.precision}
-        if choice.offline and choice.head in ("auto", "lstm") and _is_bidirectional(bundle):
+        if choice.offline and choice.head in (HeadKind.AUTO, HeadKind.LSTM) and _is_bidirectional(bundle):
             log.info("bidirectional temporal model: one pass over the file, then the whole sequence is rescored")
             first_pass = ZeroShotHead.from_bundle(bundle, zero_shot)
             return Engine(encoder, first_pass, labels, {**info, "head": "lstm-bidirectional"},
                           bundle.temporal_module())
         head = _bundle_head(bundle, choice.head, picked.backend.value, zero_shot, device)
         return Engine(encoder, head, labels, {**info, "head": head.name})
-    if choice.head == "lstm":
+    if choice.head == HeadKind.LSTM:
         from affectstream.errors import ConfigError
 
         raise ConfigError("--head lstm needs a trained bundle: pass --bundle DIR (made by `affectstream train`)")
@@ -91,10 +91,10 @@ def _is_bidirectional(bundle: Any) -> bool:
 
 def _bundle_head(bundle: Any, kind: str, backend: str, zero_shot: Any, device: str) -> TemporalHead:
     """The bundle's head; with the ONNX backend, its exported LSTM step where build-engine made one."""
-    from affectstream.engine.onnx_export import TEMPORAL_ONNX
+    from affectstream.engine.files import TEMPORAL_ONNX
 
     head = bundle.build_head(kind, zero_shot_config=zero_shot, device=device)
-    if backend == "onnx" and head.name == "lstm" and TEMPORAL_ONNX in bundle.manifest.get("hashes", {}):
+    if backend == "onnx" and head.name == HeadKind.LSTM.value and TEMPORAL_ONNX in bundle.manifest.get("hashes", {}):
         from affectstream.engine.ort_backend import OrtLstmHead
 
         return OrtLstmHead.from_file(bundle.path / TEMPORAL_ONNX, bundle.temporal_config, device)

@@ -27,16 +27,17 @@ from typing import Any
 import torch
 
 from affectstream.engine.compiled import chunks
+from affectstream.engine.files import ENGINES_DIR
 from affectstream.engine.models import ModelSpec
 from affectstream.engine.onnx_export import VISUAL_INPUT, VISUAL_OUTPUT
+from affectstream.engine.precisions import SUPPORTED, Backend
 from affectstream.engine.preprocess import Preprocessor, TensorEncoder
 from affectstream.errors import ConfigError, MissingExtraError, ModelError
 
 log = logging.getLogger(__name__)
 
-ENGINES_DIR = "engines"  # engine/bundle.py's name
-TIMING_CACHE = "engines/timing.cache"
-TRT_PRECISIONS = ("fp32", "fp16", "int8")
+TIMING_CACHE = f"{ENGINES_DIR}/timing.cache"
+TRT_PRECISIONS = SUPPORTED[Backend.TENSORRT]
 
 
 def require_tensorrt() -> ModuleType:
