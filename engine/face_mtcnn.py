@@ -406,7 +406,8 @@ class MTCNNDetector:
         points = landmarks.double().cpu().numpy()
         for box, score, frame, marks in zip(boxes, scores, frames, points):
             height, width = images[int(frame)].shape[:2]
-            x, y, w, h = clip_box(*box.tolist(), width, height)
+            x1, y1, x2, y2 = (float(v) for v in box)
+            x, y, w, h = clip_box(x1, y1, x2, y2, width, height)
             if w <= 0 or h <= 0:
                 continue
             per_frame[int(frame)].append(
