@@ -19,15 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from affectstream.engine.expression import (
-    DESCRIPTOR_NAME,
-    EXPRESSION_LABELS,
-    FER_LABELS,
-    ExpressionClassifier,
-    InputSpec,
-    keras_graph_from_h5,
-    preprocess,
-)
+from affectstream.engine.expression import FER_LABELS, ExpressionClassifier
+from affectstream.engine.expression_descriptor import DESCRIPTOR_NAME, InputSpec, preprocess
+from affectstream.engine.keras_h5 import keras_graph_from_h5
+from affectstream.engine.labels import EXPRESSION_LABELS
 from affectstream.errors import ConfigError, MissingExtraError, ModelFilesMissingError
 from tests._model_files_helpers import fetched_models, megamind_faces
 
