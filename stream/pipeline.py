@@ -32,9 +32,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from affectstream.engine.face_engine import FaceModel, FaceObservation
 from affectstream.engine.interfaces import ImageEncoder, TemporalHead
 from affectstream.errors import PipelineError, SourceOutcome
 from affectstream.stream.batcher import BatchConfig, BatchQueue, split_waves
+from affectstream.stream.face_session import FaceConfig
 from affectstream.stream.frames import SourceEvent, SourceState, VideoFrame
 from affectstream.stream.grabber import Grabber, RingModes
 from affectstream.stream.messages import StreamRecord, wall_ms
@@ -59,6 +61,7 @@ class PipelineConfig:
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     ring: RingModes = field(default_factory=RingModes)
+    faces: FaceConfig = field(default_factory=FaceConfig)  # used when the pipeline has a face model
     max_in_flight: int = 8  # sampled frames per stream between pump and emitter
     stats_interval_s: float = 2.0
 
@@ -96,8 +99,9 @@ class FrameResult:
     """What the inference worker hands to the emitter for one frame."""
 
     frame: VideoFrame
-    scores: np.ndarray
-    sentiment: float
+    scores: np.ndarray | None  # the whole-frame head's (None without CLIP)
+    sentiment: float | None
+    faces: tuple[FaceObservation, ...] | None  # None without the face stage
     stage_ms: dict[str, float]
 
 
@@ -149,21 +153,27 @@ class Pipeline:
     def __init__(
         self,
         sources: Sequence[tuple[str, str]],
-        encoder: ImageEncoder,
-        head: TemporalHead,
+        encoder: ImageEncoder | None,
+        head: TemporalHead | None,
         sink: Sink,
         labels: tuple[str, ...],
         config: PipelineConfig,
         source_factory: Callable[[str, str, SourceConfig], Source] = open_source,
         first_seqs: Mapping[str, int] | None = None,
+        faces: FaceModel | None = None,
     ) -> None:
         if not sources:
             raise PipelineError("no source given: pass at least one file, camera or URL")
+        if (encoder is None) != (head is None):
+            raise PipelineError("the whole-frame encoder and its head come together: pass both or neither")
+        if encoder is None and faces is None:
+            raise PipelineError("nothing to analyse with: pass a whole-frame encoder and head, a face model, or both")
         ids = [stream_id for stream_id, _ in sources]
         if len(set(ids)) != len(ids):
             raise PipelineError(f"stream ids must be unique, got {ids}")
         self._encoder = encoder
         self._head = head
+        self._faces = faces
         self._head_lock = threading.Lock()
         self._sink = sink
         self._labels = labels
@@ -182,7 +192,8 @@ class Pipeline:
         # `resume` from a seq keeps working across restarts of affectstream.
         first_seqs = first_seqs or {}
         self._sessions = {
-            sid: StreamSession(sid, labels, config.analytics, first_seq=first_seqs.get(sid, 0))
+            sid: StreamSession(sid, labels, config.analytics, first_seq=first_seqs.get(sid, 0),
+                               faces=config.faces if faces is not None else None)
             for sid in self._streams
         }
         self._stats = {sid: StreamStats() for sid in self._streams}
@@ -319,12 +330,18 @@ class Pipeline:
 
     def _infer_batch(self, batch: list[_BatchItem]) -> None:
         frames = [item for item in batch if isinstance(item, SampledFrame)]
+        images = [item.frame.image for item in frames]
         started = time.monotonic_ns()
-        features = self._encoder.encode([item.frame.image for item in frames]) if frames else None
-        encode_ms = (time.monotonic_ns() - started) / 1e6
-        # Encoders that time their own stages split the call into preprocess and model time.
-        stages = dict(self._encoder.last_stage_ms) if frames and self._encoder.last_stage_ms else {}
-        stages = stages or {"encode": encode_ms}
+        stages: dict[str, float] = {}
+        features = None
+        if self._encoder is not None and frames:
+            features = self._encoder.encode(images)
+            # Encoders that time their own stages split the call into preprocess and model time.
+            stages.update(self._encoder.last_stage_ms or {"encode": (time.monotonic_ns() - started) / 1e6})
+        faces: list[tuple[FaceObservation, ...]] | None = None
+        if self._faces is not None and frames:
+            faces = self._faces.analyse(images)
+            stages.update(self._faces.last_stage_ms)
         row_of = {id(item): row for row, item in enumerate(frames)}
         for wave in split_waves(batch, key=lambda item: item.stream_id,
                                 is_barrier=lambda item: isinstance(item, StreamMarker)):
@@ -333,29 +350,36 @@ class Pipeline:
             for marker in markers:
                 self._apply_marker(marker)
                 self._outbox.put(marker)
-            if sampled and features is not None:
-                self._step_wave(sampled, features, row_of, started, stages, len(frames))
+            if sampled:
+                self._step_wave(sampled, features, faces, row_of, started, stages, len(frames))
         self._outbox.put(BatchDone(len(frames)))
 
-    def _step_wave(self, wave: list[SampledFrame], features: np.ndarray, row_of: dict[int, int],
+    def _step_wave(self, wave: list[SampledFrame], features: np.ndarray | None,
+                   faces: list[tuple[FaceObservation, ...]] | None, row_of: dict[int, int],
                    batch_started_ns: int, encode_stages: dict[str, float], batch_size: int) -> None:
-        rows = features[[row_of[id(item)] for item in wave]]
-        head_started = time.monotonic_ns()
-        with self._head_lock:
-            output = self._head.step([item.frame.stream_id for item in wave], rows)
-        head_ms = (time.monotonic_ns() - head_started) / 1e6
+        rows = [row_of[id(item)] for item in wave]
+        scores: np.ndarray | None = None
+        sentiment: np.ndarray | None = None
+        head_ms = 0.0
+        if features is not None and self._head is not None:
+            head_started = time.monotonic_ns()
+            with self._head_lock:
+                output = self._head.step([item.frame.stream_id for item in wave], features[rows])
+            head_ms = (time.monotonic_ns() - head_started) / 1e6
+            scores, sentiment = output.scores, output.sentiment
         for i, item in enumerate(wave):
-            stage_ms = {
-                "queue": (batch_started_ns - item.frame.captured_ns) / 1e6,
-                **encode_stages,
-                "head": head_ms,
-                "batch": float(batch_size),
-            }
-            self._outbox.put(FrameResult(item.frame, output.scores[i], float(output.sentiment[i]), stage_ms))
+            stage_ms = {"queue": (batch_started_ns - item.frame.captured_ns) / 1e6, **encode_stages}
+            if scores is not None:
+                stage_ms["head"] = head_ms
+            stage_ms["batch"] = float(batch_size)
+            self._outbox.put(FrameResult(
+                item.frame, None if scores is None else scores[i],
+                None if sentiment is None else float(sentiment[i]),
+                None if faces is None else faces[rows[i]], stage_ms))
 
     def _apply_marker(self, marker: StreamMarker) -> None:
         # A new connection starts a new temporal context; state from before a gap is meaningless.
-        if marker.event.state in (SourceState.RECONNECTING, SourceState.RUNNING):
+        if self._head is not None and marker.event.state in (SourceState.RECONNECTING, SourceState.RUNNING):
             with self._head_lock:
                 self._head.reset(marker.event.stream_id)
 
@@ -401,8 +425,14 @@ class Pipeline:
         stage_ms = {key: round(value, 3) for key, value in item.stage_ms.items() if key != "batch"}
         last_ts[frame.stream_id] = frame.pts
         session = self._sessions[frame.stream_id]
-        records = session.on_estimate(frame.pts, wall_ms(), item.scores, item.sentiment,
-                                      latency_ms=stage_ms, age_ms=round(age_ms, 3))
+        if item.faces is not None:
+            clip = None if item.scores is None or item.sentiment is None else (item.scores, item.sentiment)
+            records = session.on_faces(frame.pts, wall_ms(), item.faces, clip, latency_ms=stage_ms,
+                                       age_ms=round(age_ms, 3))
+        else:
+            assert item.scores is not None and item.sentiment is not None
+            records = session.on_estimate(frame.pts, wall_ms(), item.scores, item.sentiment,
+                                          latency_ms=stage_ms, age_ms=round(age_ms, 3))
         runtime.outcome = _counted(runtime.outcome)
         self._stats[frame.stream_id].record_estimate(frame.pts, age_ms, item.stage_ms)
         self._write(records)

@@ -8,14 +8,15 @@ computes the summary. Time shares and means are weighted by the media time each 
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from affectstream.engine.labels import NO_FACE
 from affectstream.errors import ConfigError
-from affectstream.stream.messages import Estimate, Event, EventKind, Record
+from affectstream.stream.messages import Estimate, EstimateState, Event, EventKind, Record
 from affectstream.stream.session import slope_per_second
 
 
@@ -24,7 +25,13 @@ def _r(value: float, places: int = 4) -> float:
 
 
 class FileReport:
-    """Accumulates one stream's estimates and events; ``to_dict`` is the analyze summary."""
+    """Accumulates one stream's estimates and events; ``to_dict`` is the analyze summary.
+
+    ``share`` is the share of time each label was the dominant one (neutral, and ``no_face`` with the
+    face stage, included), so it sums to 1 whatever the model's score scale; ``above_threshold`` is
+    the share of time each score was at or above ``threshold``. Means and sentiment are over the
+    estimates that had a face (all of them without the face stage).
+    """
 
     def __init__(self, labels: tuple[str, ...], threshold: float = 0.5, top_k: int = 5,
                  timeline_points: int = 500, min_separation_s: float = 5.0) -> None:
@@ -44,16 +51,25 @@ class FileReport:
         self._ts: list[float] = []
         self._scores: list[np.ndarray] = []
         self._sentiment: list[float] = []
+        self._dominant: list[str] = []  # a label, or NO_FACE
+        self._states: list[EstimateState | None] = []
+        self._faces: dict[int, _FaceTrack] = {}
         self._events: Counter[str] = Counter()
         self._onsets: Counter[str] = Counter()
 
-    def add_estimate(self, ts: float, scores: Sequence[float] | np.ndarray, sentiment: float) -> None:
+    def add_estimate(self, ts: float, scores: Sequence[float] | np.ndarray, sentiment: float,
+                     dominant: str | None = None, state: EstimateState | None = None) -> None:
+        """One estimate; ``dominant`` None with a state means no face (None alone: the scores' argmax)."""
         values = np.clip(np.asarray(scores, dtype=np.float64).reshape(-1), 0.0, 1.0)
         if values.shape[0] != len(self.labels):
             raise ConfigError(f"got {values.shape[0]} scores for the {len(self.labels)} labels {self.labels}")
+        if dominant is None:
+            dominant = NO_FACE if state is EstimateState.NO_FACE else self.labels[int(np.argmax(values))]
         self._ts.append(float(ts))
         self._scores.append(values)
         self._sentiment.append(float(np.clip(sentiment, -1.0, 1.0)))
+        self._dominant.append(dominant)
+        self._states.append(state)
 
     def add_event(self, kind: EventKind, label: str | None = None) -> None:
         self._events[kind.value] += 1
@@ -61,15 +77,23 @@ class FileReport:
             self._onsets[label] += 1
 
     def add_record(self, record: Record) -> None:
-        """Feed one protocol record: estimates and events count, other types are ignored."""
+        """Feed one protocol record: estimates (and their faces) and events count, others are ignored."""
         if isinstance(record, Estimate):
-            self.add_estimate(record.ts, [record.scores.get(label, 0.0) for label in self.labels], record.sentiment)
+            self.add_estimate(record.ts, [record.scores.get(label, 0.0) for label in self.labels], record.sentiment,
+                              record.dominant, record.state)
+            for face in record.faces or ():
+                track = self._faces.setdefault(face.id, _FaceTrack(face.id, record.ts))
+                track.add(record.ts, [face.scores.get(label, 0.0) for label in self.labels])
         elif isinstance(record, Event):
             self.add_event(record.kind, record.label)
 
     @property
     def frames(self) -> int:
         return len(self._ts)
+
+    @property
+    def has_faces(self) -> bool:
+        return any(state is not None for state in self._states)
 
     def to_dict(self, source: dict[str, Any] | None = None, damage: dict[str, Any] | None = None) -> dict[str, Any]:
         report: dict[str, Any] = {
@@ -83,40 +107,52 @@ class FileReport:
         else:
             zeros = {label: 0.0 for label in self.labels}
             report.update({
-                "start": None, "end": None, "duration_s": 0.0, "share": dict(zeros),
-                "dominant_share": dict(zeros), "mean": dict(zeros), "dominant": None,
+                "start": None, "end": None, "duration_s": 0.0, "share": self._share_keys(dict(zeros)),
+                "above_threshold": dict(zeros), "mean": dict(zeros), "dominant": None,
                 "sentiment": {"mean": 0.0, "min": 0.0, "max": 0.0, "trend_per_min": 0.0},
                 "timeline": [], "top_moments": {label: [] for label in self.labels},
             })
         report["events"] = dict(sorted(self._events.items()))
         report["onsets"] = {label: self._onsets.get(label, 0) for label in self.labels}
+        if self.has_faces:
+            report["faces"] = [track.summary(self.labels) for track in sorted(self._faces.values(), key=lambda t: t.id)]
         report["damage"] = damage or {}
         return report
+
+    def _share_keys(self, share: dict[str, float]) -> dict[str, float]:
+        if self.has_faces:
+            share.setdefault(NO_FACE, 0.0)
+        return share
 
     def _analysis(self) -> dict[str, Any]:
         order = np.argsort(np.asarray(self._ts), kind="stable")
         ts = np.asarray(self._ts)[order]
         scores = np.stack(self._scores)[order]
         sentiment = np.asarray(self._sentiment)[order]
+        dominant = [self._dominant[i] for i in order]
         weights = sample_weights(ts)
         total = float(weights.sum())
+        seen = np.array([label != NO_FACE for label in dominant])
+        seen_total = float(weights[seen].sum())
         above = (scores >= self.threshold).astype(np.float64)
-        dominant = np.zeros_like(scores)
-        dominant[np.arange(len(ts)), scores.argmax(axis=1)] = 1.0
-        mean = weights @ scores / total
-        return {
+        shares: dict[str, float] = defaultdict(float)
+        for label, weight in zip(dominant, weights):
+            shares[label] += float(weight)
+        mean = weights[seen] @ scores[seen] / seen_total if seen_total > 0 else np.zeros(len(self.labels))
+        report: dict[str, Any] = {
             "start": _r(ts[0], 6),
             "end": _r(ts[-1], 6),
             "duration_s": _r(total, 6),
-            "share": self._per_label(weights @ above / total),
-            "dominant_share": self._per_label(weights @ dominant / total),
+            "share": self._share_keys({label: _r(shares[label] / total) for label in self.labels}
+                                      | ({NO_FACE: _r(shares[NO_FACE] / total)} if self.has_faces else {})),
+            "above_threshold": self._per_label(weights @ above / total),
             "mean": self._per_label(mean),
-            "dominant": self.labels[int(np.argmax(mean))],
+            "dominant": self.labels[int(np.argmax(mean))] if seen_total > 0 else None,
             "sentiment": {
-                "mean": _r(weights @ sentiment / total),
-                "min": _r(sentiment.min()),
-                "max": _r(sentiment.max()),
-                "trend_per_min": _r(60.0 * slope_per_second(ts, sentiment), 6),
+                "mean": _r(weights[seen] @ sentiment[seen] / seen_total) if seen_total > 0 else 0.0,
+                "min": _r(sentiment[seen].min()) if seen.any() else 0.0,
+                "max": _r(sentiment[seen].max()) if seen.any() else 0.0,
+                "trend_per_min": _r(60.0 * slope_per_second(ts[seen], sentiment[seen]), 6),
             },
             "timeline": self._timeline(ts, scores, sentiment),
             "top_moments": {
@@ -124,6 +160,11 @@ class FileReport:
                 for i, label in enumerate(self.labels)
             },
         }
+        if self.has_faces:
+            states = [self._states[i] for i in order]
+            report["states"] = {state.value: _r(sum(w for s, w in zip(states, weights) if s is state) / total)
+                                for state in EstimateState}
+        return report
 
     def _per_label(self, values: np.ndarray) -> dict[str, float]:
         return {label: _r(v) for label, v in zip(self.labels, values)}
@@ -136,6 +177,28 @@ class FileReport:
              "sentiment": _r(sentiment[b].mean())}
             for b in buckets
         ]
+
+
+class _FaceTrack:
+    """One face id over the file: when it was seen and its smoothed scores."""
+
+    def __init__(self, face_id: int, first_ts: float) -> None:
+        self.id = face_id
+        self.first_ts = first_ts
+        self.last_ts = first_ts
+        self._sum: np.ndarray | None = None
+        self.frames = 0
+
+    def add(self, ts: float, scores: Sequence[float]) -> None:
+        values = np.asarray(scores, np.float64)
+        self._sum = values if self._sum is None else self._sum + values
+        self.last_ts = ts
+        self.frames += 1
+
+    def summary(self, labels: tuple[str, ...]) -> dict[str, Any]:
+        mean = self._sum / self.frames if self._sum is not None else np.zeros(len(labels))
+        return {"id": self.id, "first": _r(self.first_ts, 3), "last": _r(self.last_ts, 3), "frames": self.frames,
+                "dominant": labels[int(np.argmax(mean))], "mean": {label: _r(v) for label, v in zip(labels, mean)}}
 
 
 def sample_weights(ts: np.ndarray) -> np.ndarray:

@@ -1,0 +1,143 @@
+"""The face stage's models: a face detector and an expression classifier, batched across frames.
+
+``FaceModel.analyse(images)`` runs the detector once over the frames of a batch (of all streams),
+takes the crops of every face found (``CropPolicy``: a margin around the box, a minimum size, at most
+``max_faces`` per frame, largest first) and classifies all of them in one call. It returns, per frame,
+``FaceObservation``s: the box in the frame's own pixels and the expression probabilities over
+``EXPRESSION_LABELS`` (six emotions and neutral). What happens over time (tracks, smoothing, events)
+is the stream side's (stream/face_session.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from affectstream.engine.faces import FaceBox, FaceDetector, is_finite_box
+from affectstream.engine.labels import EXPRESSION_LABELS
+from affectstream.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DETECTOR = "mtcnn"  # docs/faces.md: the detector comparison
+
+
+@dataclass(frozen=True)
+class CropPolicy:
+    """Which detected faces are classified, and how they are cut out."""
+
+    # Each side grows by this share of the box: the classifiers were trained on loose face crops
+    # (FER2013's 48x48 faces show the chin and brow), and fer itself pads its boxes by 10 px.
+    margin: float = 0.1
+    # A face under this many pixels (shorter side) has too few pixels to read an expression from.
+    min_size: int = 24
+    max_faces: int = 8  # per frame, the largest first: the people nearest the camera
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.margin <= 1.0:
+            raise ConfigError(f"face crop margin is a share of the box in [0, 1], got {self.margin}")
+        if self.min_size < 1 or self.max_faces < 1:
+            raise ConfigError(f"face min_size and max_faces must be >= 1, got {self.min_size}, {self.max_faces}")
+
+    def select(self, boxes: Sequence[FaceBox]) -> list[FaceBox]:
+        """The boxes to classify: finite, big enough, at most ``max_faces``, largest first."""
+        usable = [box for box in boxes if is_finite_box(box) and min(box.w, box.h) >= self.min_size]
+        return sorted(usable, key=lambda box: box.area, reverse=True)[: self.max_faces]
+
+    def crop(self, image: np.ndarray, box: FaceBox) -> np.ndarray:
+        """The face with its margin, limited to the frame (a view: no copy)."""
+        height, width = image.shape[:2]
+        dx, dy = box.w * self.margin, box.h * self.margin
+        x1, y1 = max(0, int(round(box.x - dx))), max(0, int(round(box.y - dy)))
+        x2, y2 = min(width, int(round(box.x2 + dx))), min(height, int(round(box.y2 + dy)))
+        return image[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class FaceObservation:
+    """One face in one frame: where, and what the classifier says of it on this frame alone."""
+
+    box: FaceBox
+    probabilities: np.ndarray  # (len(EXPRESSION_LABELS),) float32, sums to 1
+
+
+class ExpressionModel(Protocol):
+    """What the face stage needs of ``engine.expression.ExpressionClassifier``."""
+
+    def classify_ours(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """``(N, len(EXPRESSION_LABELS))`` probabilities for N uint8 RGB crops, in one call."""
+        ...
+
+
+@dataclass(frozen=True)
+class EventThresholds:
+    """Onset/offset thresholds that fit a model's scores (softmax over 7 rarely passes 0.6)."""
+
+    onset: float
+    offset: float
+
+
+# The fer mini-Xception's softmax over seven classes: a clear expression scores 0.5-0.9 on real
+# faces, neutral talk keeps the emotions under 0.3 (measured on Megamind.avi, docs/faces.md).
+FACE_EVENT_THRESHOLDS = EventThresholds(onset=0.5, offset=0.3)
+
+
+@dataclass
+class FaceModel:
+    """A detector and an expression classifier, run batched over the frames of a batch."""
+
+    detector: FaceDetector
+    classifier: ExpressionModel
+    expression_name: str
+    policy: CropPolicy = field(default_factory=CropPolicy)
+    thresholds: EventThresholds = FACE_EVENT_THRESHOLDS
+    last_stage_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return EXPRESSION_LABELS
+
+    @property
+    def info(self) -> Mapping[str, str]:
+        return {"detector": self.detector.name, "expression": self.expression_name}
+
+    def analyse(self, images: Sequence[np.ndarray]) -> list[tuple[FaceObservation, ...]]:
+        """Per frame, the faces classified (largest first); one detector and one classifier call."""
+        if not images:
+            return []
+        started = time.perf_counter()
+        detected = self.detector.detect(images)
+        found = time.perf_counter()
+        chosen = [self.policy.select(boxes) for boxes in detected]
+        crops = [self.policy.crop(image, box) for image, boxes in zip(images, chosen) for box in boxes]
+        probabilities = self.classifier.classify_ours(crops) if crops else np.zeros((0, len(EXPRESSION_LABELS)))
+        classified = time.perf_counter()
+        self.last_stage_ms = {"detect": (found - started) * 1e3, "classify": (classified - found) * 1e3}
+        out: list[tuple[FaceObservation, ...]] = []
+        row = 0
+        for boxes in chosen:
+            out.append(tuple(FaceObservation(box, probabilities[row + i]) for i, box in enumerate(boxes)))
+            row += len(boxes)
+        log.debug("face stage: %d frames, %d faces, detect %.1f ms, classify %.1f ms", len(images), row,
+                  self.last_stage_ms["detect"], self.last_stage_ms["classify"])
+        return out
+
+
+def load_face_model(detector: str = DEFAULT_DETECTOR, expression: str | None = None, device: str = "cpu",
+                    backend: str = "auto", policy: CropPolicy | None = None) -> FaceModel:
+    """The offline face model: ``detector`` by name (engine/faces.py ``make_detector``) and fer's
+    mini-Xception from the model cache, or the expression model a descriptor JSON names."""
+    from affectstream.engine.expression import ExpressionClassifier
+    from affectstream.engine.faces import make_detector
+
+    found = make_detector(detector, device=device)
+    if expression is None:
+        classifier = ExpressionClassifier.fer_mini_xception(backend=backend, device=device)
+    else:
+        classifier = ExpressionClassifier.from_descriptor(expression, backend=backend, device=device)
+    return FaceModel(found, classifier, classifier.descriptor.name, policy or CropPolicy())
