@@ -142,6 +142,8 @@ def _tensor(table: _Table, buffers: list[_Table]) -> TFLiteTensor:
     if code not in TENSOR_TYPES:
         raise ModelError(f"TFLite tensor {table.string(3)!r} has an unsupported type {code}")
     dtype = TENSOR_TYPES[code]
+    if table.table(6) is not None:  # schema.fbs Tensor.sparsity
+        raise ModelError(f"TFLite tensor {table.string(3)!r} is sparse, which this reader does not support")
     data = None
     index = int(table.scalar(2, "I"))
     if 0 < index < len(buffers):
