@@ -6,7 +6,9 @@ a. encoder throughput and latency per backend variant and batch size (affectstre
 b. frame-to-event latency with its per-stage breakdown, one paced stream at a rate the encoder
    sustains, checked against 1.5 x the encoder's batch-1 latency + the batcher's max wait;
 c. the most concurrent paced streams at a sampling rate before p99 frame-to-event breaks a target;
-d. the naive single-thread loop against the pipeline, 1 and 4 streams (affectstream/_bench_naive.py).
+d. the naive single-thread loop against the pipeline, 1 and 4 streams (affectstream/_bench_naive.py);
+faces. the face stage: every frame against the `fer` package, live streams with faces, memory while
+   faces come and go (affectstream/_bench_faces.py; not in the default set: it installs a peer venv).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ log = logging.getLogger("affectstream.bench")
 
 EXIT_OK = 0
 DEFAULT_VIDEO = "/usr/share/doc/opencv-doc/examples/data/Megamind.avi"
-SECTIONS = ("a", "b", "c", "d")
+SECTIONS = ("a", "b", "c", "d", "faces")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -65,7 +67,12 @@ def add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
                              "(0: each library's default, one per core)")
     parser.add_argument("--omp-spin", action="store_true",
                         help="leave OpenMP's spin-waiting on (by default the bench sets OMP_WAIT_POLICY=PASSIVE)")
-    parser.add_argument("--sections", default="a,b,c,d", help="which sections to run")
+    parser.add_argument("--sections", default="a,b,c,d", help="which sections to run (a,b,c,d,faces)")
+    parser.add_argument("--face-streams", type=int, default=4, help="faces: live streams")
+    parser.add_argument("--face-rate", type=float, default=4.0, metavar="HZ", help="faces: sampling rate per stream")
+    parser.add_argument("--soak-minutes", type=float, default=10.0, help="faces: media minutes of the memory run")
+    parser.add_argument("--fer-venv", default=None, help="faces: the fer peer's virtualenv (default: in the cache)")
+    parser.add_argument("--no-fer", action="store_true", help="faces: do not run the fer peer")
     parser.add_argument("--out", default="bench.json", help="JSON report")
     parser.add_argument("--plots", default=None, metavar="DIR", help="PNG plots (default: beside --out)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few repeats, short runs")
@@ -92,6 +99,10 @@ def run_bench(args: argparse.Namespace) -> int:
     video = args.video or DEFAULT_VIDEO
     if not Path(video).is_file():
         raise ConfigError(f"bench video {video} not found: pass --video FILE (or install opencv-doc)")
+    if "faces" in sections:
+        report_faces = _faces(args, video)
+        if sections == {"faces"}:
+            return report_faces
     spec = ModelSpec.from_preset(args.model)
     device = resolve_device(args.device)
     if args.threads < 0:
@@ -131,6 +142,29 @@ def run_bench(args: argparse.Namespace) -> int:
     except MissingExtraError as error:
         log.warning("%s; JSON written without plots", error)
     print(json.dumps(_headline(report), indent=2))
+    return EXIT_OK
+
+
+def _faces(args: argparse.Namespace, video: str) -> int:
+    """The faces section, in a report of its own (``--out``, or faces.json beside the main one)."""
+    from affectstream._bench_faces import faces_section, scratch_dir
+
+    out = Path(args.out)
+    if args.sections.strip() != "faces":
+        out = out.with_name(out.stem + ".faces.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    seconds = 3.0 if args.quick else args.seconds
+    soak = 0.5 if args.quick else args.soak_minutes
+    report: dict[str, Any] = {"command": "affectstream bench " + " ".join(_argv(args)), "machine": machine()}
+    started = time.monotonic()
+    report["faces"] = faces_section(video, args.face_streams, args.face_rate, seconds, soak, args.fer_venv,
+                                    args.no_fer, scratch_dir())
+    report["seconds"] = round(time.monotonic() - started, 1)
+    report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    _save(out, report)
+    headline = {key: value for key, value in report["faces"].items() if key != "memory"}
+    headline["memory"] = {k: v for k, v in report["faces"]["memory"].items() if k != "samples"}
+    print(json.dumps(headline, indent=2))
     return EXIT_OK
 
 

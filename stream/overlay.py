@@ -14,10 +14,11 @@ import numpy as np
 
 from affectstream.errors import MissingExtraError
 from affectstream.stream.frames import VideoFrame
-from affectstream.stream.messages import Estimate, Record
+from affectstream.stream.messages import Estimate, EstimateState, FaceEstimate, Record
 
 _SAME_TIME_S = 1e-5  # estimates carry their frame's pts rounded to the microsecond
-_BAR_COLOURS = [(60, 60, 230), (60, 200, 250), (80, 160, 60), (200, 120, 160), (200, 120, 40), (40, 200, 200)]
+_BAR_COLOURS = [(60, 60, 230), (60, 200, 250), (80, 160, 60), (200, 120, 160), (200, 120, 40), (40, 200, 200),
+                (170, 165, 155)]  # BGR; the 7th is neutral
 
 
 def draw_overlay(image_rgb: np.ndarray, labels: tuple[str, ...], estimate: Estimate | None) -> np.ndarray:
@@ -28,6 +29,8 @@ def draw_overlay(image_rgb: np.ndarray, labels: tuple[str, ...], estimate: Estim
         canvas = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
     if estimate is None:
         return canvas
+    for face in estimate.faces or ():
+        _draw_face(canvas, face, scale)
     scores = estimate.scores
     bar_width = canvas.shape[1] // 3
     for row, label in enumerate(labels):
@@ -40,6 +43,18 @@ def draw_overlay(image_rgb: np.ndarray, labels: tuple[str, ...], estimate: Estim
     cv2.putText(canvas, f"sentiment {estimate.sentiment:+.2f}  t={estimate.ts:.1f}s",
                 (10, 20 + len(labels) * 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
     return canvas
+
+
+def _draw_face(canvas: np.ndarray, face: FaceEstimate, scale: float) -> None:
+    """The face's box, its id, dominant label and score; yellow when uncertain."""
+    x, y, w, h = (int(round(v * scale)) for v in face.box)
+    colour = (80, 220, 80) if face.state is EstimateState.OK else (40, 200, 230)
+    cv2.rectangle(canvas, (x, y), (x + w, y + h), colour, 2)
+    label = f"#{face.id} {face.dominant} {face.scores.get(face.dominant, 0.0):.2f}"
+    (text_w, text_h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+    top = max(0, y - text_h - 6)
+    cv2.rectangle(canvas, (x, top), (x + text_w + 6, top + text_h + 6), colour, -1)
+    cv2.putText(canvas, label, (x + 3, top + text_h + 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (20, 20, 20), 1, cv2.LINE_AA)
 
 
 def gui_available() -> bool:

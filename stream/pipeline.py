@@ -212,6 +212,11 @@ class Pipeline:
         """How each stream went so far (complete once ``wait`` returned True)."""
         return {sid: runtime.outcome for sid, runtime in self._streams.items()}
 
+    @property
+    def open_faces(self) -> int:
+        """Face tracks the sessions hold state for, all streams (a gauge: read without the emitter's lock)."""
+        return sum(session.open_faces for session in self._sessions.values())
+
     def start(self) -> None:
         if self._started:
             raise PipelineError("a pipeline can be started once")

@@ -8,6 +8,7 @@ the publisher of tests/_server_helpers.py, which can stop and restart the server
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from affectstream.stream.messages import Event
 from tests._server_helpers import Publisher, start_server
 from tests.timeouts import scaled
 
@@ -139,7 +141,7 @@ def feed_from_the_publisher(page: Any, tmp_path: Path) -> None:
     shown = sorted(after["events"])
     assert len(shown) == len(set(shown)), "no event shown twice after resuming"
     assert after["events"] == sorted(after["events"], reverse=True), "newest first, by seq"
-    expected = sorted(m["seq"] for m in publisher.durable("cam") if m["type"] == "event")
+    expected = sorted(m.seq for m in publisher.durable("cam") if isinstance(m, Event))
     assert set(expected[:3]) <= set(shown)
 
 
@@ -147,9 +149,18 @@ def feed_from_a_real_run(page: Any, tmp_path: Path) -> None:
     from tests.media import make_video
 
     video = make_video(tmp_path / "talk.avi", seconds=40.0, fps=10, size=(160, 120))
+    with running(video, "--model", "tiny-random", "--faces", "off", "--rate", "5") as port:
+        page.goto(f"http://127.0.0.1:{port}/")
+        check_it_moves(page)
+        save_screenshot(page, tmp_path, "dashboard.png")
+
+
+@contextlib.contextmanager
+def running(video: Path, *options: str) -> Iterator[int]:
+    """`affectstream run VIDEO` serving on a free port; yields the port."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "affectstream", "run", str(video), "--model", "tiny-random", "--device", "cpu",
-         "--port", "0", "--quiet", "--rate", "5", "--stats-interval", "1", "--windows", "2,10"],
+        [sys.executable, "-m", "affectstream", "run", str(video), "--device", "cpu", "--port", "0", "--quiet",
+         "--stats-interval", "1", "--windows", "2,10", *options],
         stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert process.stderr is not None
@@ -161,9 +172,29 @@ def feed_from_a_real_run(page: Any, tmp_path: Path) -> None:
                 break
         assert port, "affectstream run did not report its port"
         threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe from filling
-        page.goto(f"http://127.0.0.1:{port}/")
-        check_it_moves(page)
-        save_screenshot(page, tmp_path, "dashboard.png")
+        yield port
     finally:
         process.terminate()
         process.wait(scaled(30))
+
+
+def test_dashboard_shows_a_row_per_face(page: Any, tmp_path: Path) -> None:
+    """Real footage with the offline face model: a face table with ids, states and mini bars."""
+    from tests._faces_helpers import mirrored_pair
+
+    video = mirrored_pair(tmp_path / "pair.avi", seconds=2.8)
+    looped = tmp_path / "pair-looped.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", "5", "-i", str(video), "-c:v", "libx264",
+                    "-preset", "ultrafast", str(looped)], check=True, timeout=120)
+    with running(looped, "--rate", "4") as port:
+        page.goto(f"http://127.0.0.1:{port}/")
+        seen = page.wait_for_function("""() => {
+            const rows = [...document.querySelectorAll('.stream .faces tbody tr[data-face]')];
+            return rows.length === 2 ? rows.map((r) => [...r.children].map((c) => c.textContent)) : null;
+        }""", timeout=scaled(60) * 1000).json_value()
+        save_screenshot(page, tmp_path, "dashboard-faces.png")
+        badge = page.locator(".stream .state").text_content()
+        bars = page.locator(".stream .faces tbody tr[data-face] .mini i").count()
+    assert sorted(row[0] for row in seen) == ["#1", "#2"]
+    assert all(row[1] in ("ok", "uncertain") and row[2] for row in seen)
+    assert badge in ("ok", "uncertain") and bars == 2 * 7

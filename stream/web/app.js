@@ -1,7 +1,7 @@
 // affectstream dashboard: protocol v1 over one websocket; reconnects with backoff and resumes.
 "use strict";
 
-const COLORS = ["#ff5b5b", "#ffd24f", "#7ed957", "#b98cff", "#4fa3ff", "#ff9f43"];
+const COLORS = ["#ff5b5b", "#ffd24f", "#7ed957", "#b98cff", "#4fa3ff", "#ff9f43", "#9aa4b2"];  // the 7th: neutral
 const SENTIMENT_COLOR = "#e6e9ee";
 const TIMELINE_MS = 60000;  // the longest span shown; a younger stream fills the width
 const MIN_TIMELINE_MS = 10000;
@@ -134,6 +134,8 @@ function card(stream) {
 function onEstimate(message) {
   const entry = card(message.stream);
   const scores = message.scores || {};
+  showState(entry, message);
+  showFaces(entry, message.faces);
   for (const label of state.labels) {
     const value = Number(scores[label] ?? 0);
     entry.fills[label].style.width = `${(Math.max(0, Math.min(1, value)) * 100).toFixed(1)}%`;
@@ -150,6 +152,52 @@ function onEstimate(message) {
   entry.canvas.dataset.points = String(entry.points.length);
   entry.canvas.dataset.lastWall = String(message.wall);
   state.dirty.add(message.stream);
+}
+
+function showState(entry, message) {
+  // With the face stage every estimate says whether it can be trusted; without it, no badge.
+  const badge = entry.node.querySelector(".state");
+  if (typeof message.state !== "string") { badge.hidden = true; return; }
+  badge.hidden = false;
+  badge.dataset.state = message.state;
+  badge.textContent = message.state === "no_face" ? "no face" : message.state;
+}
+
+function showFaces(entry, faces) {
+  // One row per tracked face: its id, state, dominant label, a small bar per label, its box.
+  const table = entry.node.querySelector(".faces");
+  if (!Array.isArray(faces)) { table.hidden = true; return; }
+  table.hidden = false;
+  const body = table.querySelector("tbody");
+  const rows = faces.map((face) => {
+    const row = document.createElement("tr");
+    row.dataset.face = String(face.id);
+    const cells = [`#${face.id}`, face.state ?? "", face.dominant ?? "", "", ""];
+    cells.forEach((text) => { const cell = document.createElement("td"); cell.textContent = text; row.appendChild(cell); });
+    const mini = document.createElement("span");
+    mini.className = "mini";
+    state.labels.forEach((label, index) => {
+      const bar = document.createElement("i");
+      const value = Math.max(0, Math.min(1, Number((face.scores || {})[label] ?? 0)));
+      bar.style.height = `${Math.max(1, Math.round(value * 14))}px`;
+      bar.style.setProperty("--color", COLORS[index % COLORS.length]);
+      bar.title = `${label} ${value.toFixed(2)}`;
+      mini.appendChild(bar);
+    });
+    row.children[3].appendChild(mini);
+    row.children[4].textContent = (face.box || []).map((v) => Math.round(v)).join(", ");
+    return row;
+  });
+  body.replaceChildren(...rows);
+  if (!rows.length) {
+    const row = document.createElement("tr");
+    const cell = document.createElement("td");
+    cell.colSpan = 5;
+    cell.className = "muted";
+    cell.textContent = "nobody in view";
+    row.appendChild(cell);
+    body.appendChild(row);
+  }
 }
 
 function onSummary(message) {
@@ -174,7 +222,8 @@ function onEvent(message) {
   kind.textContent = message.kind;
   const when = Number(message.ts ?? 0).toFixed(1).padStart(7, " ");
   const value = typeof message.value === "number" ? ` ${message.value.toFixed(2)}` : "";
-  item.append(`${when}s `, kind, ` ${message.label ?? ""}${value}`);
+  const face = Number.isInteger(message.face) ? ` face #${message.face}` : "";
+  item.append(`${when}s `, kind, ` ${message.label ?? ""}${value}${face}`);
   // Newest first, by seq: a replayed older event goes below the live ones that overtook it.
   const below = [...list.children].find((other) => Number(other.dataset.seq) < seq);
   list.insertBefore(item, below ?? null);
