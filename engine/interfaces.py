@@ -46,6 +46,19 @@ class HeadOutput:
     sentiment: np.ndarray  # (N,) float32
 
 
+@dataclass(frozen=True)
+class EventThresholds:
+    """Onset/offset thresholds that fit a model's scores: a softmax over seven classes rarely passes
+    the 0.6 that suits a sigmoid head. A model's descriptor or bundle manifest may state its own."""
+
+    onset: float
+    offset: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.offset <= self.onset <= 1.0:
+            raise ValueError(f"event thresholds need 0 <= offset <= onset <= 1, got {self.offset}, {self.onset}")
+
+
 class HeadKind(str, enum.Enum):
     """The temporal heads a bundle or the command line can name (a head's ``name`` is one of these)."""
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from affectstream.engine.face_engine import EventThresholds, FaceModel
-from affectstream.engine.interfaces import HeadKind, ImageEncoder, TemporalHead
+from affectstream.engine.face_engine import FaceModel
+from affectstream.engine.interfaces import EventThresholds, HeadKind, ImageEncoder, TemporalHead
 from affectstream.engine.labels import EMOTIONS, EXPRESSION_LABELS
 from affectstream.errors import ConfigError
 
@@ -47,11 +47,14 @@ class Engine:
     # A bidirectional model for whole files: ``head`` serves the pass, this rescores the sequence after.
     sequence_model: Any = None
     faces: FaceModel | None = None
+    clip_thresholds: EventThresholds | None = None  # a bundle manifest's "events", where it has them
 
     @property
     def thresholds(self) -> EventThresholds:
         """Onset/offset thresholds that fit this engine's scores (docs/faces.md)."""
-        return self.faces.thresholds if self.faces is not None else CLIP_EVENT_THRESHOLDS
+        if self.faces is not None:
+            return self.faces.thresholds
+        return self.clip_thresholds or CLIP_EVENT_THRESHOLDS
 
 
 def load_engine(choice: EngineChoice) -> Engine:
@@ -116,9 +119,10 @@ def load_clip_engine(choice: EngineChoice) -> Engine:
             log.info("bidirectional temporal model: one pass over the file, then the whole sequence is rescored")
             first_pass = ZeroShotHead.from_bundle(bundle, zero_shot)
             return Engine(encoder, first_pass, labels, {**info, "head": "lstm-bidirectional"},
-                          bundle.temporal_module())
+                          bundle.temporal_module(), clip_thresholds=_manifest_events(bundle.manifest))
         head = _bundle_head(bundle, choice.head, picked.backend.value, zero_shot, device)
-        return Engine(encoder, head, labels, {**info, "head": head.name})
+        return Engine(encoder, head, labels, {**info, "head": head.name},
+                      clip_thresholds=_manifest_events(bundle.manifest))
     if choice.head == HeadKind.LSTM:
         raise ConfigError("--head lstm needs a trained bundle: pass --bundle DIR (made by `affectstream train`)")
     spec = ModelSpec.from_preset(choice.model or DEFAULT_MODEL)
@@ -133,6 +137,18 @@ def load_clip_engine(choice: EngineChoice) -> Engine:
     info = {"backbone": spec.name, "head": head.name, "backend": picked.backend.value,
             "precision": picked.precision}
     return Engine(encoder, head, EMOTIONS, info)
+
+
+def _manifest_events(manifest: dict[str, Any]) -> EventThresholds | None:
+    """A bundle's own onset/offset thresholds (``"events": {"onset": .., "offset": ..}``), if it states them."""
+    events = manifest.get("events")
+    if events is None:
+        return None
+    try:
+        return EventThresholds(float(events["onset"]), float(events["offset"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ConfigError(f"the bundle manifest's 'events' must be {{\"onset\": x, \"offset\": y}} with "
+                          f"0 <= offset <= onset <= 1 ({error})") from None
 
 
 def _is_bidirectional(bundle: Any) -> bool:
