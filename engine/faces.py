@@ -9,6 +9,8 @@ name           implementation                                   weights
 =============  ==============================================  ==========================================
 ``mtcnn``      :mod:`affectstream.engine.face_mtcnn` (torch)    facenet-pytorch's P/R/O-Net state dicts
 ``blazeface``  :mod:`affectstream.engine.face_blaze` (torch)    MediaPipe's ``.tflite`` files, read by us
+``:M``         BlazeFace model ``front`` (default), ``back``,  (short range 128 px, 256 px, full range
+               ``full``                                         192 px)
 ``haar``       :class:`HaarDetector` (cv2.CascadeClassifier)    the cascade opencv-python-headless ships
 ``yunet:F``    :class:`YuNetDetector` (cv2.FaceDetectorYN)      the ONNX file ``F`` the user passes
 =============  ==============================================  ==========================================
@@ -35,7 +37,7 @@ Point = tuple[float, float]
 # right as seen in the image: "left eye" is the eye with the smaller x in an unmirrored frame).
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
-DETECTOR_NAMES = ("mtcnn", "blazeface", "haar", "yunet:<model.onnx>")
+DETECTOR_NAMES = ("mtcnn", "blazeface[:front|back|full]", "haar", "yunet:<model.onnx>")
 HAAR_CASCADE_FILE = "haarcascade_frontalface_default.xml"
 
 
@@ -227,7 +229,8 @@ class YuNetDetector:
 
 
 def make_detector(name: str = "mtcnn", device: str = "cpu") -> FaceDetector:
-    """A detector by name: ``mtcnn`` (default), ``blazeface``, ``haar``, ``yunet:/path/model.onnx``.
+    """A detector by name: ``mtcnn`` (default), ``blazeface`` (also ``blazeface:full``, ``blazeface:back``),
+    ``haar``, ``yunet:/path/model.onnx``.
 
     MTCNN and BlazeFace load their weights from the model cache (``affectstream models fetch``);
     Haar uses OpenCV's own cascade when the installed OpenCV has one, else the cache.
@@ -241,7 +244,7 @@ def make_detector(name: str = "mtcnn", device: str = "cpu") -> FaceDetector:
     if kind == "blazeface":
         from affectstream.engine.face_blaze import BlazeFaceDetector
 
-        return BlazeFaceDetector.from_cache(device=device)
+        return BlazeFaceDetector.from_cache(argument.strip().lower() or "front", device=device)
     if device != "cpu" and kind in ("haar", "yunet"):
         log.info("the %s face detector runs on the CPU (device %r ignored)", kind, device)
     if kind == "haar":
@@ -254,15 +257,6 @@ def make_detector(name: str = "mtcnn", device: str = "cpu") -> FaceDetector:
             raise ConfigError("the yunet face detector needs its ONNX file: 'yunet:/path/to/model.onnx'")
         return YuNetDetector(argument)
     raise ConfigError(f"unknown face detector {name!r}: choose one of {', '.join(DETECTOR_NAMES)}")
-
-
-def iou_matrix(a: Sequence[FaceBox], b: Sequence[FaceBox]) -> np.ndarray:
-    """``(len(a), len(b))`` IoU of every pair, vectorised (trackers and benchmarks use it)."""
-    if not a or not b:
-        return np.zeros((len(a), len(b)), np.float64)
-    first = np.array([(box.x, box.y, box.x2, box.y2) for box in a], np.float64)
-    second = np.array([(box.x, box.y, box.x2, box.y2) for box in b], np.float64)
-    return box_iou_xyxy(first, second)
 
 
 def box_iou_xyxy(first: np.ndarray, second: np.ndarray) -> np.ndarray:
