@@ -116,7 +116,7 @@ def test_mtcnn_fp16_path_finds_the_same_faces(tmp_path_factory: pytest.TempPathF
                                               mtcnn_on_megamind: list[list[FaceBox]], megamind: list[Frame]) -> None:
     # The CUDA path runs fp16; torch runs fp16 convolutions on the CPU too (slowly), so the dtype
     # handling of that path is checked here on two frames.
-    half = MTCNNDetector.from_dir(model_dir("mtcnn", tmp_path_factory), half=True, settings=None)
+    half = MTCNNDetector.from_dir(model_dir("mtcnn", tmp_path_factory), half=True)
     assert half.dtype.itemsize == 2
     found = half.detect([megamind[3].rgb, megamind[21].rgb])
     for boxes, reference in zip(found, (mtcnn_on_megamind[3], mtcnn_on_megamind[21])):
@@ -195,6 +195,8 @@ def test_make_detector(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest
     assert isinstance(made["mtcnn"], MTCNNDetector) and isinstance(made["haar"], HaarDetector)
     if model_dir("blazeface", tmp_path_factory).parent == root:
         assert isinstance(make_detector("blazeface"), BlazeFaceDetector)
+        full = make_detector("blazeface:full")
+        assert isinstance(full, BlazeFaceDetector) and full.model.size == 192
     assert isinstance(made["mtcnn"], FaceDetector)  # the protocol, checked at run time
     assert isinstance(make_detector(), MTCNNDetector)
     with pytest.raises(ConfigError, match="ONNX file"):
