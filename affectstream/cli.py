@@ -49,6 +49,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     faces.add_argument("--expression", default=None, metavar="DESCRIPTOR",
                        help="your own ONNX expression model: its JSON descriptor (docs/models.md); "
                        "default: fer's mini-Xception")
+    faces.add_argument("--clip-input", default="auto", choices=["auto", "frame", "face"],
+                       help="what CLIP encodes when it runs with faces: the whole frame or the largest face "
+                       "(auto: what the bundle was trained on, else frame)")
     faces.add_argument("--uncertain-below", type=float, default=0.35, metavar="P",
                        help="a face whose smoothed top probability is under P is 'uncertain' (default 0.35)")
 

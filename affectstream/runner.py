@@ -69,8 +69,16 @@ def pipeline_config(args: argparse.Namespace, pace_files: bool, engine: Engine) 
                                   offset_threshold=offset),
         source=SourceConfig(open_timeout_s=args.open_timeout, read_timeout_s=args.read_timeout),
         faces=FaceConfig(uncertain_below=args.uncertain_below),
+        clip_input=_clip_input(args, engine),
         stats_interval_s=args.stats_interval,
     )
+
+
+def _clip_input(args: argparse.Namespace, engine: Engine) -> str:
+    """``--clip-input``; auto: what the bundle's LSTM was trained on (faces after ``extract --faces``)."""
+    if args.clip_input != "auto":
+        return str(args.clip_input)
+    return engine.clip_input if engine.faces is not None and engine.encoder is not None else "frame"
 
 
 def engine_from_args(args: argparse.Namespace, offline: bool = False) -> Engine:

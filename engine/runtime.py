@@ -48,6 +48,7 @@ class Engine:
     sequence_model: Any = None
     faces: FaceModel | None = None
     clip_thresholds: EventThresholds | None = None  # a bundle manifest's "events", where it has them
+    clip_input: str = "frame"  # what the bundle's features were extracted from: frame, or face (extract --faces)
 
     @property
     def thresholds(self) -> EventThresholds:
@@ -75,7 +76,8 @@ def load_engine(choice: EngineChoice) -> Engine:
     if clip.sequence_model is not None:
         log.info("a bidirectional bundle rescores whole-frame features only: the face stage is off for it")
         return clip
-    return Engine(clip.encoder, clip.head, EXPRESSION_LABELS, {**clip.model_info, **info}, faces=faces)
+    return Engine(clip.encoder, clip.head, EXPRESSION_LABELS, {**clip.model_info, **info}, faces=faces,
+                  clip_input=clip.clip_input)
 
 
 def _wants_clip(choice: EngineChoice) -> bool:
@@ -122,7 +124,8 @@ def load_clip_engine(choice: EngineChoice) -> Engine:
                           bundle.temporal_module(), clip_thresholds=_manifest_events(bundle.manifest))
         head = _bundle_head(bundle, choice.head, picked.backend.value, zero_shot, device)
         return Engine(encoder, head, labels, {**info, "head": head.name},
-                      clip_thresholds=_manifest_events(bundle.manifest))
+                      clip_thresholds=_manifest_events(bundle.manifest),
+                      clip_input=str(bundle.manifest["backbone"].get("input", "frame")))
     if choice.head == HeadKind.LSTM:
         raise ConfigError("--head lstm needs a trained bundle: pass --bundle DIR (made by `affectstream train`)")
     spec = ModelSpec.from_preset(choice.model or DEFAULT_MODEL)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from affectstream.engine.face_crops import primary_crop
 from affectstream.engine.face_engine import FaceModel, FaceObservation
 from affectstream.engine.interfaces import ImageEncoder, TemporalHead
 from affectstream.errors import PipelineError, SourceOutcome
@@ -62,6 +63,8 @@ class PipelineConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     ring: RingModes = field(default_factory=RingModes)
     faces: FaceConfig = field(default_factory=FaceConfig)  # used when the pipeline has a face model
+    # What CLIP encodes when both run: "frame", or "face" (each frame's primary face, engine/face_crops.py).
+    clip_input: str = "frame"
     max_in_flight: int = 8  # sampled frames per stream between pump and emitter
     stats_interval_s: float = 2.0
 
@@ -168,6 +171,10 @@ class Pipeline:
             raise PipelineError("the whole-frame encoder and its head come together: pass both or neither")
         if encoder is None and faces is None:
             raise PipelineError("nothing to analyse with: pass a whole-frame encoder and head, a face model, or both")
+        if config.clip_input not in ("frame", "face"):
+            raise PipelineError(f"clip_input is 'frame' or 'face', got {config.clip_input!r}")
+        if config.clip_input == "face" and faces is None:
+            raise PipelineError("CLIP on faces needs the face stage: turn --faces on, or use --clip-input frame")
         ids = [stream_id for stream_id, _ in sources]
         if len(set(ids)) != len(ids):
             raise PipelineError(f"stream ids must be unique, got {ids}")
@@ -338,15 +345,22 @@ class Pipeline:
         images = [item.frame.image for item in frames]
         started = time.monotonic_ns()
         stages: dict[str, float] = {}
-        features = None
-        if self._encoder is not None and frames:
-            features = self._encoder.encode(images)
-            # Encoders that time their own stages split the call into preprocess and model time.
-            stages.update(self._encoder.last_stage_ms or {"encode": (time.monotonic_ns() - started) / 1e6})
         faces: list[tuple[FaceObservation, ...]] | None = None
         if self._faces is not None and frames:
             faces = self._faces.analyse(images)
             stages.update(self._faces.last_stage_ms)
+        features = None
+        if self._encoder is not None and frames:
+            encoded_at = time.monotonic_ns()
+            clip_images = images
+            if faces is not None and self._config.clip_input == "face":
+                policy = self._faces.policy if self._faces is not None else None
+                assert policy is not None
+                clip_images = [primary_crop(image, [o.box for o in found], policy)
+                               for image, found in zip(images, faces)]
+            features = self._encoder.encode(clip_images)
+            # Encoders that time their own stages split the call into preprocess and model time.
+            stages.update(self._encoder.last_stage_ms or {"encode": (time.monotonic_ns() - encoded_at) / 1e6})
         row_of = {id(item): row for row, item in enumerate(frames)}
         for wave in split_waves(batch, key=lambda item: item.stream_id,
                                 is_barrier=lambda item: isinstance(item, StreamMarker)):

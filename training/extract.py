@@ -71,6 +71,7 @@ class ExtractConfig:
     precision: str = "auto"
     batch_size: int = 32
     shard_size: int = 64  # segments per shard
+    faces: bool = False  # encode each frame's primary face crop (engine/face_crops.py), not the whole frame
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.shard_size < 1:
@@ -301,6 +302,7 @@ class EncoderRecipe:
     device: str = "auto"
     backend: str = "torch"  # torch | compile | onnx | tensorrt | auto (engine/backends.py)
     precision: str = "auto"
+    faces: bool = False  # CLIP on the primary face crop (MTCNN from the model cache)
 
     def spec_manifest(self) -> dict[str, Any]:
         from affectstream.engine.models import ModelSpec
@@ -314,7 +316,16 @@ class EncoderRecipe:
 
         device = resolve_device(self.device)
         choice = choose_backend(self.backend, self.precision, gather_facts(device, None, None, self.precision))
-        return build_encoder(choice, ModelSpec.from_preset(self.model), device)
+        encoder = build_encoder(choice, ModelSpec.from_preset(self.model), device)
+        if not self.faces:
+            return encoder
+        from affectstream.engine.face_crops import FaceCropEncoder
+        from affectstream.engine.face_engine import CropPolicy
+        from affectstream.engine.face_mtcnn import MTCNNDetector, MTCNNSettings
+
+        policy = CropPolicy()
+        detector = MTCNNDetector.from_cache(device=device, settings=MTCNNSettings(min_face_size=policy.min_size))
+        return FaceCropEncoder(encoder, detector, policy)
 
 
 def run_extraction(
@@ -329,8 +340,11 @@ def run_extraction(
     ray_workers: int = 1,
 ) -> ExtractSummary:
     """Extract locally (``encoder`` or one built from ``config``) or on Ray (``ray_address``: an address or "local")."""
-    recipe = EncoderRecipe(config.model, config.device, config.backend, config.precision)
+    recipe = EncoderRecipe(config.model, config.device, config.backend, config.precision, config.faces)
     backbone = recipe.spec_manifest()
+    if config.faces:
+        # Travels with the features into the trained bundle, whose runtime then encodes faces too.
+        backbone["input"] = "face"
     if ray_address is not None:
         from affectstream.training.ray_extract import ray_runner
 

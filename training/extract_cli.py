@@ -119,6 +119,9 @@ def add_extract_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
     parser.add_argument("--max-frames", type=int, default=None, metavar="N",
                         help="at most N frames per segment, spread evenly")
     parser.add_argument("--batch", type=int, default=32, metavar="N", help="frames per encoder call")
+    parser.add_argument("--faces", action="store_true",
+                        help="CLIP features of each frame's largest face (MTCNN; the whole frame where there is "
+                        "none), for an LSTM that reads faces; the bundle then makes run/analyze do the same")
     parser.add_argument("--shard-size", type=int, default=64, metavar="N", help="segments per shard")
     parser.add_argument("--ray", default=None, metavar="ADDRESS",
                         help="run on Ray Data: a cluster address, or 'local' for a Ray instance here")
@@ -158,7 +161,7 @@ def run_extract(args: argparse.Namespace, environment: dict[str, str]) -> int:
         return _EXIT_NOTHING
     config = ExtractConfig(model=args.model, device=args.device, sampling=sampling_from_args(args),
                            backend=args.backend, precision=args.precision, batch_size=args.batch,
-                           shard_size=args.shard_size)
+                           shard_size=args.shard_size, faces=args.faces)
     summary = run_extraction(dataset, Path(args.out), config, labeler, ray_address=args.ray,
                              overwrite=args.overwrite, progress=False if args.no_progress else None,
                              ray_workers=args.ray_workers)
