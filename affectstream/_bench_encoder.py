@@ -26,7 +26,8 @@ from affectstream.errors import ConfigError
 
 log = logging.getLogger("affectstream.bench")
 
-VARIANTS = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8", "compile-fp32", "compile-bf16")
+VARIANTS = ("torch-fp32", "torch-fp16", "torch-bf16", "onnx-fp32", "onnx-int8", "compile-fp32", "compile-fp16",
+            "compile-bf16")  # fp16: CUDA only (the CPU has no fast fp16 kernels)
 REFERENCE = "torch-fp32"
 
 

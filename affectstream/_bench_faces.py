@@ -34,21 +34,21 @@ FER_PEER = Path(__file__).resolve().parents[1] / "benchmarks" / "fer_peer.py"
 
 
 def faces_section(video: str, streams: int, rate_hz: float, seconds: float, soak_minutes: float,
-                  fer_venv: str | None, skip_fer: bool, workdir: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {"video": video}
-    out["every_frame"] = every_frame(video, workdir, fer_venv, skip_fer)
-    out["live"] = live(video, streams, rate_hz, seconds)
-    out["memory"] = memory(video, soak_minutes, workdir)
+                  fer_venv: str | None, skip_fer: bool, workdir: Path, device: str = "cpu") -> dict[str, Any]:
+    out: dict[str, Any] = {"video": video, "device": device}
+    out["every_frame"] = every_frame(video, workdir, fer_venv, skip_fer, device)
+    out["live"] = live(video, streams, rate_hz, seconds, device)
+    out["memory"] = memory(video, soak_minutes, workdir, device)
     return out
 
 
 # -- 1. every frame, against fer ---------------------------------------------------------------------
 
 
-def every_frame(video: str, workdir: Path, fer_venv: str | None, skip_fer: bool) -> dict[str, Any]:
+def every_frame(video: str, workdir: Path, fer_venv: str | None, skip_fer: bool, device: str) -> dict[str, Any]:
     ours_jsonl = workdir / "faces_ours.jsonl"
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "affectstream", "analyze", video, "--rate", "0",
+    result = subprocess.run([sys.executable, "-m", "affectstream", "analyze", video, "--rate", "0", "--device", device,
                              "--out", str(ours_jsonl), "--summary", str(workdir / "faces_ours.json")],
                             capture_output=True, text=True, timeout=3600)
     ours_s = time.perf_counter() - started
@@ -97,14 +97,14 @@ def _fer_peer() -> ModuleType | None:
 # -- 2. live: paced streams with faces ------------------------------------------------------------------
 
 
-def live(video: str, streams: int, rate_hz: float, seconds: float) -> dict[str, Any]:
+def live(video: str, streams: int, rate_hz: float, seconds: float, device: str) -> dict[str, Any]:
     from affectstream.engine.face_engine import load_face_model
     from affectstream.engine.labels import EXPRESSION_LABELS
     from affectstream.stream.messages import Estimate
     from affectstream.stream.pipeline import Pipeline, PipelineConfig
     from affectstream.stream.sinks import MemorySink
 
-    faces = load_face_model()
+    faces = load_face_model(device=device)
     sink = MemorySink()
     config = PipelineConfig(rate_hz=rate_hz, pace_files=True, stats_interval_s=3600.0)
     sources = [(f"cam{i}", video) for i in range(streams)]
@@ -124,7 +124,7 @@ def live(video: str, streams: int, rate_hz: float, seconds: float) -> dict[str, 
 # -- 3. memory while faces come and go ---------------------------------------------------------------------
 
 
-def memory(video: str, minutes: float, workdir: Path) -> dict[str, Any]:
+def memory(video: str, minutes: float, workdir: Path, device: str) -> dict[str, Any]:
     """RSS over a long run where faces come and go; the slope should be about 0 MB/min."""
     from affectstream.engine.face_engine import load_face_model
     from affectstream.engine.labels import EXPRESSION_LABELS
@@ -151,7 +151,7 @@ def memory(video: str, minutes: float, workdir: Path) -> dict[str, Any]:
             pass
 
     pipeline = Pipeline([("soak", str(long_video))], None, None, _Counter(), EXPRESSION_LABELS,
-                        PipelineConfig(rate_hz=4.0, pace_files=False, stats_interval_s=3600.0), faces=load_face_model())
+                        PipelineConfig(rate_hz=4.0, pace_files=False, stats_interval_s=3600.0), faces=load_face_model(device=device))
     samples: list[tuple[float, float]] = []
     started = time.monotonic()
     pipeline.start()

@@ -157,8 +157,10 @@ def _faces(args: argparse.Namespace, video: str) -> int:
     soak = 0.5 if args.quick else args.soak_minutes
     report: dict[str, Any] = {"command": "affectstream bench " + " ".join(_argv(args)), "machine": machine()}
     started = time.monotonic()
+    from affectstream.engine.encoder import resolve_device
+
     report["faces"] = faces_section(video, args.face_streams, args.face_rate, seconds, soak, args.fer_venv,
-                                    args.no_fer, scratch_dir())
+                                    args.no_fer, scratch_dir(), resolve_device(args.device))
     report["seconds"] = round(time.monotonic() - started, 1)
     report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     _save(out, report)
