@@ -61,29 +61,67 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def publish_loop(server: Any, streams: int, hz: float, event_every: int, stop: threading.Event) -> None:
-    from affectstream.stream.messages import EventKind, MessageType, StreamMessages, wall_ms
+def timed_records() -> tuple[Any, Any, Any, Any]:
+    """The protocol's records with ``t_pub_ns`` added, last on the wire (the clients look for it there)."""
+    from dataclasses import dataclass
 
-    numbering = [StreamMessages(f"cam{i}") for i in range(streams)]
+    from affectstream.stream.messages import Estimate, Event, Stats, Summary, Wire
+
+    @dataclass(frozen=True, kw_only=True)
+    class Timed:
+        t_pub_ns: int = 0
+
+        def to_wire(self) -> Wire:
+            wire: Wire = super().to_wire()  # type: ignore[misc]
+            wire["t_pub_ns"] = self.t_pub_ns
+            return wire
+
+    @dataclass(frozen=True, kw_only=True)
+    class TimedEstimate(Timed, Estimate):
+        pass
+
+    @dataclass(frozen=True, kw_only=True)
+    class TimedEvent(Timed, Event):
+        pass
+
+    @dataclass(frozen=True, kw_only=True)
+    class TimedSummary(Timed, Summary):
+        pass
+
+    @dataclass(frozen=True, kw_only=True)
+    class TimedStats(Timed, Stats):
+        pass
+
+    return TimedEstimate, TimedEvent, TimedSummary, TimedStats
+
+
+def publish_loop(server: Any, streams: int, hz: float, event_every: int, stop: threading.Event) -> None:
+    from dataclasses import replace
+
+    from affectstream.stream.messages import EventKind, SeqCounter, StatsFields, wall_ms
+
+    estimate, event, summary, stats = timed_records()
+    numbering = {f"cam{i}": SeqCounter() for i in range(streams)}
     step, next_at = 0, time.monotonic()
     while not stop.is_set():
         step += 1
-        for index, stream in enumerate(numbering):
+        for index, (stream, seqs) in enumerate(numbering.items()):
             ts, wall = step / hz, wall_ms()
             scores = {label: round(0.5 + 0.45 * math.sin(step / 7 + index + k), 4) for k, label in enumerate(LABELS)}
-            batch = [stream.make(MessageType.ESTIMATE, ts, wall, scores=scores, sentiment=0.1,
-                                 latency_ms={"encode": 9.0}, age_ms=20.0)]
+            batch = [estimate(stream=stream, seq=seqs.take(), ts=ts, wall=wall, scores=scores, sentiment=0.1,
+                              dominant="fear", latency_ms={"encode": 9.0}, age_ms=20.0)]
             if step % event_every == 0:
-                batch.append(stream.event(EventKind.PEAK, ts, wall, label="fear", value=scores["fear"]))
+                batch.append(event(stream=stream, seq=seqs.take(), ts=ts, wall=wall, kind=EventKind.PEAK,
+                                   label="fear", value=scores["fear"]))
             if step % 10 == 0:
-                batch.append(stream.make(MessageType.SUMMARY, ts, wall, window_s=5.0, frames=50, mean=scores,
-                                         dominant="fear", share={}, sentiment_mean=0.1, sentiment_trend=0.0))
+                batch.append(summary(stream=stream, seq=seqs.take(), ts=ts, wall=wall, window_s=5.0,
+                                     start=max(0.0, ts - 5.0), end=ts, frames=50, mean=scores, dominant="fear",
+                                     share={}, sentiment_mean=0.1, sentiment_trend=0.0))
             if step % 20 == 0:
-                batch.append(stream.make(MessageType.STATS, ts, wall, input_fps=25.0, sampled_fps=hz, drops=0,
-                                         latency_ms={"p50": 20.0, "p99": 30.0}))
+                batch.append(stats(stream=stream, seq=seqs.take(), ts=ts, wall=wall, fields=StatsFields(
+                    input_fps=25.0, sampled_fps=hz, drops=0, latency_ms={"p50": 20.0, "p99": 30.0})))
             for message in batch:
-                message["t_pub_ns"] = time.time_ns()
-                server.publish(message)
+                server.publish(replace(message, t_pub_ns=time.time_ns()))
         next_at += 1.0 / hz
         stop.wait(max(0.0, next_at - time.monotonic()))
 

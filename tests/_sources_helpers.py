@@ -1,4 +1,5 @@
-"""Helpers for the source and grabber tests: bounded calls, an event recorder, ring draining."""
+"""Helpers for the source and grabber tests: bounded calls, an event recorder, ring draining (frames and
+the lifecycle events the grabber puts between them)."""
 
 from __future__ import annotations
 
@@ -94,16 +95,27 @@ class EventRecorder:
         return sum(1 for event in self.events if event.state is state)
 
 
-def drain(ring: RingBuffer, seconds: float, on_frame: Callable[[VideoFrame], None] | None = None) -> list[VideoFrame]:
-    """Read the ring until it is closed and empty; fails after ``scaled(seconds)``."""
-    frames: list[VideoFrame] = []
+def drain_items(ring: RingBuffer, seconds: float,
+                on_frame: Callable[[VideoFrame], None] | None = None) -> list[VideoFrame | SourceEvent]:
+    """Read the ring until it is closed and empty: frames and lifecycle events, in the order they came
+    out; fails after ``scaled(seconds)``."""
+    items: list[VideoFrame | SourceEvent] = []
     deadline = time.monotonic() + scaled(seconds)
     while True:
         assert time.monotonic() < deadline, f"ring not closed within {scaled(seconds):.1f} s"
-        frame = ring.get(timeout=0.05)
-        if frame is not None:
-            frames.append(frame)
-            if on_frame is not None:
-                on_frame(frame)
-        elif ring.closed and len(ring) == 0:
-            return frames
+        item = ring.get(timeout=0.05)
+        if item is not None:
+            items.append(item)
+            if on_frame is not None and isinstance(item, VideoFrame):
+                on_frame(item)
+        elif ring.drained:
+            return items
+
+
+def drain(ring: RingBuffer, seconds: float, on_frame: Callable[[VideoFrame], None] | None = None) -> list[VideoFrame]:
+    """The frames of ``drain_items`` (the lifecycle events the grabber puts between them left out)."""
+    return [item for item in drain_items(ring, seconds, on_frame) if isinstance(item, VideoFrame)]
+
+
+def events_in(items: list[VideoFrame | SourceEvent]) -> list[SourceEvent]:
+    return [item for item in items if isinstance(item, SourceEvent)]

@@ -12,8 +12,8 @@ from affectstream.engine.runtime import Engine, EngineChoice, load_engine
 
 @pytest.fixture(scope="session")
 def tiny_engine() -> Engine:
-    """The zero-shot engine on the tiny-random preset (CPU)."""
-    return load_engine(EngineChoice(model="tiny-random", device="cpu"))
+    """The zero-shot engine on the tiny-random preset (CPU): whole-frame CLIP only, no face stage."""
+    return load_engine(EngineChoice(model="tiny-random", device="cpu", faces="off"))
 
 
 @pytest.fixture(scope="session")

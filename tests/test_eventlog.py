@@ -1,22 +1,40 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from affectstream.errors import ConfigError
+from affectstream.errors import ConfigError, SourceOutcome
 from affectstream.stream.eventlog import EventLog, EventLogConfig
-from affectstream.stream.messages import EventKind, MessageType, StreamMessages, encode, wall_ms
+from affectstream.stream.messages import (
+    Estimate,
+    Event,
+    EventKind,
+    Hello,
+    SeqCounter,
+    StreamRecord,
+    Subscribed,
+    wall_ms,
+)
 
 
-def fill(log: EventLog, stream: str, count: int, wall: int | None = None) -> StreamMessages:
+def fill(log: EventLog, stream: str, count: int, wall: int | None = None) -> SeqCounter:
     wall = wall_ms() if wall is None else wall
-    numbering = StreamMessages(stream)
+    numbering = SeqCounter()
     for step in range(count):
-        messages = [numbering.make(MessageType.ESTIMATE, step, wall, scores={}, sentiment=0.0),
-                    numbering.event(EventKind.PEAK, step, wall, label="fear", value=0.5)]
-        log.append((m, encode(m)) for m in messages)
+        messages: list[StreamRecord] = [
+            Estimate(stream=stream, seq=numbering.take(), ts=step, wall=wall, scores={}, sentiment=0.0,
+                     dominant="fear"),
+            Event(stream=stream, seq=numbering.take(), ts=step, wall=wall, kind=EventKind.PEAK, label="fear",
+                  value=0.5),
+        ]
+        log.append(m for m in messages)
     return numbering
+
+
+def event(stream: str, seq: int, kind: EventKind, **fields: Any) -> Event:
+    return Event(stream=stream, seq=seq, ts=float(seq), wall=wall_ms(), kind=kind, **fields)
 
 
 def test_stores_events_and_summaries_only_and_replays_after_a_seq() -> None:
@@ -33,9 +51,22 @@ def test_stores_events_and_summaries_only_and_replays_after_a_seq() -> None:
 
 def test_replayed_text_is_what_was_sent() -> None:
     log = EventLog(EventLogConfig())
-    message = StreamMessages("a").event(EventKind.ONSET, 1.5, wall_ms(), label="anger", value=0.9, extra=[1, 2])
+    message = Event(stream="a", seq=0, ts=1.5, wall=wall_ms(), kind=EventKind.STREAM_ENDED,
+                    outcome=SourceOutcome.CORRUPT, detail="bad packet", frames_read=12,
+                    damage={"corrupt_packets": 2})
     log.append_message(message)
-    assert log.since("a", -1)[0].text == encode(message)
+    (row,) = log.since("a", -1)
+    assert row.text == message.text
+    assert row.message() == message.to_wire()
+    assert row.message()["damage"] == {"corrupt_packets": 2} and row.message()["outcome"] == "corrupt"
+
+
+def test_per_client_messages_are_not_stored() -> None:
+    log = EventLog(EventLogConfig())
+    assert log.append([Hello(labels=("fear",), model={}, streams=("a",), wall=wall_ms()),
+                       Subscribed(streams=None, types=None)]) == 0
+    assert not log.stores(Subscribed(streams=("a",), types=None))
+    assert log.streams() == []
 
 
 def test_estimates_are_kept_when_asked() -> None:
@@ -46,8 +77,8 @@ def test_estimates_are_kept_when_asked() -> None:
 
 def test_a_reused_seq_is_ignored_not_overwritten() -> None:
     log = EventLog(EventLogConfig())
-    first = StreamMessages("a").event(EventKind.ONSET, 0, wall_ms(), label="fear", value=0.1)
-    again = StreamMessages("a").event(EventKind.OFFSET, 0, wall_ms(), label="fear", value=0.2)
+    first = event("a", 0, EventKind.ONSET, label="fear", value=0.1)
+    again = event("a", 0, EventKind.OFFSET, label="fear", value=0.2)
     log.append_message(first)
     assert log.append_message(again) == 0
     assert log.since("a", -1)[0].message()["kind"] == "onset"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,10 @@ class CountingEncoder:
             raise RuntimeError("injected failure")
         self.frames += len(images)
         return self.inner.encode(images)
+
+    @property
+    def last_stage_ms(self) -> Mapping[str, float]:
+        return self.inner.last_stage_ms
 
 
 @pytest.fixture(scope="module")

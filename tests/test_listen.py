@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from affectstream.stream.listen import format_message, websocket_url, with_resume
+from affectstream.stream.messages import Event
 from affectstream.stream.subscriptions import resume_in_query
 from tests._server_helpers import Publisher, make_hello, start_server
 from tests.timeouts import scaled
@@ -41,7 +42,7 @@ def test_readable_lines() -> None:
     line = format_message({"type": "event", "stream": "cam", "seq": 3, "wall": 0, "kind": "onset",
                            "label": "fear", "value": 0.812})
     assert line.endswith("cam        event    onset fear 0.81")
-    assert "hello" in format_message(make_hello())
+    assert "hello" in format_message(make_hello().to_wire())
 
 
 def test_jsonl_of_chosen_types_for_a_pipe() -> None:
@@ -104,7 +105,7 @@ def test_reconnects_and_resumes_after_a_server_restart(tmp_path: Path) -> None:
     assert len(events) == 60
     for stream in ("cam", "file"):
         got = [m["seq"] for m in events if m["stream"] == stream]
-        sent = [m["seq"] for p in (before, publisher) for m in p.durable(stream) if m["type"] == "event"]
+        sent = [m.seq for p in (before, publisher) for m in p.durable(stream) if isinstance(m, Event)]
         start = sent.index(got[0])
         assert got == sent[start:start + len(got)], "every event once, across the restart"
-        assert got[-1] > before.durable(stream)[-1]["seq"], "the run went on past the restart"
+        assert got[-1] > before.durable(stream)[-1].seq, "the run went on past the restart"

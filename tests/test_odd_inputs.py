@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from affectstream.errors import SourceError, SourceOpenError, SourceOutcome, SourceReadError
-from affectstream.stream.frames import OverflowPolicy, SourceState
+from affectstream.stream.frames import OverflowPolicy, SourceEvent, SourceState
 from affectstream.stream.grabber import Grabber
 from affectstream.stream.pyav_source import PyAVSource
 from affectstream.stream.ring import RingBuffer
 from affectstream.stream.sources import SourceConfig, SourceDamage, open_source
 from tests import media
-from tests._sources_helpers import EventRecorder, drain, outcome_of, run_bounded
+from tests._sources_helpers import EventRecorder, drain_items, events_in, outcome_of, run_bounded
 from tests.timeouts import scaled
 
 CONFIG = SourceConfig(open_timeout_s=5, read_timeout_s=5)
@@ -172,9 +172,11 @@ def test_grabber_turns_odd_files_into_terminal_events(name: str, tmp_path: Path)
     recorder = EventRecorder()
     grabber = Grabber(name, lambda: open_source(str(path), name, CONFIG), ring, recorder, CONFIG)
     grabber.start()
-    frames = drain(ring, BOUND_S)
+    items = drain_items(ring, BOUND_S)
+    frames = [item for item in items if not isinstance(item, SourceEvent)]
     assert grabber.join(scaled(BOUND_S))
     last = recorder.events[-1]
+    assert items[-1] is last and events_in(items) == recorder.events  # the terminal event, after every frame
     if case.open_outcome is not None:
         assert last.state is SourceState.FAILED and last.outcome is case.open_outcome and not frames
     else:

@@ -15,7 +15,16 @@ from affectstream.engine.labels import EMOTIONS
 from affectstream.engine.lstm import TemporalConfig, TemporalLSTM
 from affectstream.errors import PipelineError, SourceOutcome
 from affectstream.stream.frames import SourceEvent, SourceState
-from affectstream.stream.messages import Message
+from affectstream.stream.messages import (
+    Estimate,
+    Event,
+    EventKind,
+    Stats,
+    StatsFields,
+    StreamRecord,
+    Summary,
+    Wire,
+)
 from affectstream.stream.offline import RecordingHead, replay, rescore_sequence
 from affectstream.stream.session import AnalyticsConfig, StreamSession
 from tests.timeouts import scaled
@@ -23,14 +32,14 @@ from tests.timeouts import scaled
 ANALYTICS = AnalyticsConfig()
 
 
-def first_pass(steps: int) -> list[Message]:
+def first_pass(steps: int) -> list[StreamRecord]:
     """What the pipeline's session gives for a file: started, flat estimates, a stats, ended, finish."""
     session = StreamSession("file", EMOTIONS, ANALYTICS)
     flat = np.full(len(EMOTIONS), 0.1, np.float32)
     messages = session.on_source_event(SourceEvent("file", SourceState.RUNNING, 1000), 0.0)
     for step in range(steps):
         messages += session.on_estimate(step * 0.5, 1000 + step, flat, 0.0, latency_ms={"encode": 1.0})
-    messages.append(session.stats(steps * 0.5, 2000, fps_in=10.0))
+    messages.append(session.stats(steps * 0.5, 2000, StatsFields(input_fps=10.0)))
     end = (steps - 1) * 0.5
     ended = SourceEvent("file", SourceState.ENDED, 3000, outcome=SourceOutcome.ENDED, frames_read=steps * 5,
                         damage={"frames": steps * 5, "missing_pts": 1})
@@ -40,26 +49,29 @@ def first_pass(steps: int) -> list[Message]:
 def test_replay_rescores_estimates_and_recomputes_events_and_summaries() -> None:
     steps = 40
     messages = first_pass(steps)
-    assert not [m for m in messages if m.get("kind") == "onset"]  # flat 0.1: nothing happens
+    assert not [m for m in messages if isinstance(m, Event) and m.kind is EventKind.ONSET]  # flat 0.1: nothing
     scores = np.full((steps, len(EMOTIONS)), 0.1, np.float32)
     scores[10:30, EMOTIONS.index("fear")] = 0.9  # ten seconds of fear, seen only by the rescoring model
     sentiment = np.linspace(-0.5, 0.5, steps).astype(np.float32)
 
     replayed = replay(messages, scores, sentiment, StreamSession("file", EMOTIONS, ANALYTICS))
 
-    estimates = [m for m in replayed if m["type"] == "estimate"]
-    assert [m["scores"]["fear"] for m in estimates] == pytest.approx(list(scores[:, EMOTIONS.index("fear")]))
-    assert [m["sentiment"] for m in estimates] == pytest.approx(list(sentiment), abs=1e-4)
-    assert estimates[0]["latency_ms"] == {"encode": 1.0}
-    onsets = [m for m in replayed if m.get("kind") == "onset"]
-    assert [m["label"] for m in onsets] == ["fear"] and 5.0 <= onsets[0]["ts"] <= 7.0
-    assert any(m.get("kind") == "offset" and m["label"] == "fear" for m in replayed)
-    assert [m["seq"] for m in replayed] == list(range(len(replayed)))
-    assert not [m for m in replayed if m["type"] == "stats"], "stats describe the first pass only"
-    summaries = [m for m in replayed if m["type"] == "summary"]
-    assert summaries and max(s["mean"]["fear"] for s in summaries) > 0.5
-    ended = [m for m in replayed if m.get("kind") == "stream_ended"]
-    assert ended and ended[0]["damage"] == {"frames": 200, "missing_pts": 1} and ended[0]["outcome"] == "ended"
+    estimates = [m for m in replayed if isinstance(m, Estimate)]
+    assert [m.scores["fear"] for m in estimates] == pytest.approx(list(scores[:, EMOTIONS.index("fear")]))
+    assert [m.sentiment for m in estimates] == pytest.approx(list(sentiment), abs=1e-4)
+    assert estimates[0].latency_ms == {"encode": 1.0}
+    events = [m for m in replayed if isinstance(m, Event)]
+    onsets = [m for m in events if m.kind is EventKind.ONSET]
+    assert [m.label for m in onsets] == ["fear"] and 5.0 <= onsets[0].ts <= 7.0
+    assert any(m.kind is EventKind.OFFSET and m.label == "fear" for m in events)
+    assert [m.seq for m in replayed] == list(range(len(replayed)))
+    assert not [m for m in replayed if isinstance(m, Stats)], "stats describe the first pass only"
+    summaries = [m for m in replayed if isinstance(m, Summary)]
+    assert summaries and max(s.mean["fear"] for s in summaries) > 0.5
+    assert [m.kind for m in events if m.source is not None] == [EventKind.STREAM_STARTED, EventKind.STREAM_ENDED]
+    ended = [m for m in events if m.kind is EventKind.STREAM_ENDED]
+    assert ended and ended[0].damage == {"frames": 200, "missing_pts": 1} and ended[0].outcome is SourceOutcome.ENDED
+    assert ended[0].to_wire()["outcome"] == "ended" and ended[0].frames_read == 200
 
 
 def test_replay_refuses_a_sequence_of_another_length() -> None:
@@ -110,7 +122,7 @@ def make_bidirectional_bundle(path: Path) -> Path:
                        **zero_shot_texts(build_clip(spec), spec))
 
 
-def analyze(video: Path, bundle: Path, cwd: Path, name: str) -> tuple[dict[str, object], list[Message]]:
+def analyze(video: Path, bundle: Path, cwd: Path, name: str) -> tuple[dict[str, object], list[Wire]]:
     result = subprocess.run([sys.executable, "-m", "affectstream", "analyze", str(video), "--bundle", str(bundle),
                              "--summary", f"{name}.json", "--out", f"{name}.jsonl", "--rate", "5"],
                             cwd=cwd, capture_output=True, text=True, timeout=scaled(240))

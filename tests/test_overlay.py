@@ -10,6 +10,7 @@ import pytest
 from affectstream.engine.labels import EMOTIONS
 from affectstream.errors import MissingExtraError
 from affectstream.stream.frames import VideoFrame
+from affectstream.stream.messages import Estimate, Summary
 from affectstream.stream.overlay import OverlayWindow, draw_overlay, gui_available
 
 
@@ -18,10 +19,16 @@ def frame(stream: str, value: int, size: tuple[int, int] = (480, 360), pts: floa
     return VideoFrame(stream, 0, pts, 0, 0, image)
 
 
-def estimate(stream: str, anger: float, ts: float = 1.5) -> dict[str, object]:
+def estimate(stream: str, anger: float, ts: float = 1.5) -> Estimate:
     scores = dict.fromkeys(EMOTIONS, 0.0)
     scores["anger"] = anger
-    return {"type": "estimate", "stream": stream, "ts": ts, "scores": scores, "sentiment": -0.25}
+    return Estimate(stream=stream, seq=0, ts=ts, wall=0, scores=scores, sentiment=-0.25, dominant="anger")
+
+
+def summary(stream: str) -> Summary:
+    return Summary(stream=stream, seq=1, ts=1.5, wall=0, window_s=5.0, start=0.0, end=1.5, frames=1,
+                   mean=dict.fromkeys(EMOTIONS, 0.0), dominant="anger", share=dict.fromkeys(EMOTIONS, 0.0),
+                   sentiment_mean=0.0, sentiment_trend=0.0)
 
 
 def bar_length(canvas: np.ndarray, row: int) -> int:
@@ -53,16 +60,16 @@ def test_the_window_shows_each_estimate_on_the_frame_it_was_computed_from() -> N
     window.on_frame(frame("b", 200))
     first = window.render("a")
     assert first is not None and tuple(first[-1, -1]) == (90, 90, 90), "no estimate yet: the newest frame"
-    window.on_message(estimate("a", 0.8, ts=1.25))
-    window.on_message({"type": "summary", "stream": "a"})
+    window.on_record(estimate("a", 0.8, ts=1.25))
+    window.on_record(summary("a"))
     shown = window.render("a")
     assert shown is not None and tuple(shown[-1, -1]) == (50, 50, 50), "the frame of ts 1.25, not the newest"
     assert bar_length(shown, 0) == bar_length(draw_overlay(frame("a", 50).image, EMOTIONS, estimate("a", 0.8)), 0)
-    window.on_message(estimate("a", 0.1, ts=1.5))
+    window.on_record(estimate("a", 0.1, ts=1.5))
     later = window.render("a")
     assert later is not None and tuple(later[-1, -1]) == (90, 90, 90)
     assert bar_length(later, 0) < bar_length(shown, 0)
-    window.on_message(estimate("a", 0.9, ts=9.0))  # a frame this window never saw: same picture, new bars
+    window.on_record(estimate("a", 0.9, ts=9.0))  # a frame this window never saw: same picture, new bars
     kept = window.render("a")
     assert kept is not None and tuple(kept[-1, -1]) == (90, 90, 90) and bar_length(kept, 0) > bar_length(later, 0)
     plain = window.render("b")
@@ -73,9 +80,9 @@ def test_frames_waiting_for_an_estimate_are_bounded() -> None:
     window = OverlayWindow(EMOTIONS, max_waiting=4)
     for index in range(100):
         window.on_frame(frame("a", index, pts=index / 10))
-    window.on_message(estimate("a", 0.5, ts=0.2))  # evicted long ago
+    window.on_record(estimate("a", 0.5, ts=0.2))  # evicted long ago
     assert window.render("a") is not None
-    window.on_message(estimate("a", 0.5, ts=9.7))
+    window.on_record(estimate("a", 0.5, ts=9.7))
     shown = window.render("a")
     assert shown is not None and tuple(shown[-1, -1]) == (97, 97, 97)
 

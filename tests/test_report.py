@@ -9,6 +9,7 @@ import pytest
 
 from affectstream.errors import ConfigError
 from affectstream.stream.frames import SourceEvent, SourceState
+from affectstream.stream.messages import EventKind
 from affectstream.stream.report import FileReport, sample_weights, top_moments
 from affectstream.stream.session import AnalyticsConfig, StreamSession
 
@@ -28,8 +29,9 @@ def test_shares_are_weighted_by_the_time_each_estimate_stands_for() -> None:
     report.add_estimate(5.0, row(happiness=0.6), 0.5)
     summary = report.to_dict()
     assert summary["frames"] == 4 and summary["duration_s"] == 6.0
-    assert summary["dominant_share"]["anger"] == 0.5 and summary["dominant_share"]["happiness"] == 0.5
-    assert summary["share"]["happiness"] == 0.5 and summary["share"]["anger"] == 0.5
+    # share: of the time each label was the dominant one; above_threshold: each score at or above 0.5
+    assert summary["share"]["anger"] == 0.5 and summary["share"]["happiness"] == 0.5
+    assert summary["above_threshold"]["happiness"] == 0.5 and summary["above_threshold"]["anger"] == 0.5
     assert summary["mean"]["happiness"] == pytest.approx((0.9 + 0.8 + 3 * 0.2 + 0.6) / 6, abs=1e-4)
     assert summary["dominant"] == "happiness"
     assert summary["sentiment"]["mean"] == 0.0
@@ -84,16 +86,29 @@ def test_report_from_a_sessions_messages() -> None:
     messages += session.finish(9.75, 0)
     report = FileReport(LABELS, top_k=2)
     for message in messages:
-        report.add_message(message)
+        report.add_record(message)
     summary = report.to_dict(source={"path": "x.avi"}, damage={"outcome": "ended"})
     assert summary["frames"] == 40 and summary["source"] == {"path": "x.avi"}
     assert summary["events"]["onset"] == summary["events"]["offset"] == 1
     assert summary["events"]["stream_started"] == summary["events"]["stream_ended"] == 1
     assert summary["onsets"]["happiness"] == 1 and summary["onsets"]["anger"] == 0
     assert summary["share"]["happiness"] == pytest.approx(12 / 40)
+    assert summary["above_threshold"]["happiness"] == pytest.approx(12 / 40)
     assert summary["top_moments"]["happiness"][0] == {"ts": 2.0, "score": 0.9}
     assert summary["damage"] == {"outcome": "ended"}
     json.dumps(summary, allow_nan=False)
+
+
+def test_events_are_counted_by_kind_and_onsets_by_label() -> None:
+    report = FileReport(LABELS)
+    report.add_event(EventKind.ONSET, "fear")
+    report.add_event(EventKind.ONSET, "fear")
+    report.add_event(EventKind.PEAK, "fear")
+    report.add_event(EventKind.FRAMES_DROPPED)
+    summary = report.to_dict()
+    assert summary["events"]["onset"] == 2 and summary["events"]["peak"] == 1
+    assert summary["events"]["frames_dropped"] == 1
+    assert summary["onsets"]["fear"] == 2 and summary["onsets"]["anger"] == 0
 
 
 def test_an_empty_report_is_valid_json() -> None:

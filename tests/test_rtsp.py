@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from affectstream.errors import SourceOpenError, SourceOutcome
-from affectstream.stream.frames import OverflowPolicy, SourceState, VideoFrame
+from affectstream.stream.frames import OverflowPolicy, SourceEvent, SourceState, VideoFrame
 from affectstream.stream.grabber import Grabber
 from affectstream.stream.ring import RingBuffer
 from affectstream.stream.sources import SourceConfig, open_source
@@ -107,19 +107,23 @@ def rtsp_server() -> Iterator[RtspServer]:
 
 
 class FrameCollector:
-    """Drains the ring on its own thread, as the pipeline's pump would."""
+    """Drains the ring on its own thread, as the pipeline's pump would: the frames, and everything the
+    ring gave (frames and lifecycle events) in the order it gave it."""
 
     def __init__(self, ring: RingBuffer) -> None:
         self.frames: list[VideoFrame] = []
+        self.items: list[VideoFrame | SourceEvent] = []
         self._ring = ring
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not (self._ring.closed and len(self._ring) == 0):
-            frame = self._ring.get(timeout=0.05)
-            if frame is not None:
-                self.frames.append(frame)
+        while not self._ring.drained:
+            item = self._ring.get(timeout=0.05)
+            if item is not None:
+                self.items.append(item)
+                if isinstance(item, VideoFrame):
+                    self.frames.append(item)
 
     def wait_for_count(self, count: int, seconds: float) -> None:
         deadline = time.monotonic() + scaled(seconds)
@@ -178,9 +182,23 @@ def test_grabber_reconnects_when_the_camera_comes_back(rtsp_server: RtspServer) 
     assert recorder.events[-1].outcome is SourceOutcome.STOPPED
     attempts = [e.attempt for e in recorder.events if e.state is SourceState.RECONNECTING]
     assert attempts == list(range(1, len(attempts) + 1))
-    # One stream: frame numbers run on across the reconnect.
+    # One stream: frame numbers run on across the reconnect, and so does media time (the camera's
+    # new connection starts its clock again; the grabber shifts it to continue after the last frame).
     assert [f.index for f in collector.frames] == sorted({f.index for f in collector.frames})
+    assert all(a.pts <= b.pts for a, b in zip(collector.frames, collector.frames[1:]))
     assert ring.closed
+    running = [e for e in recorder.events if e.state is SourceState.RUNNING]
+    assert running[0].restart_ts is None
+    for event in running[1:]:
+        # The ring gave each RUNNING event after the frames of the connection before it and before
+        # the new connection's first frame, which is given the restart time.
+        position = collector.items.index(event)
+        before = [item for item in collector.items[:position] if isinstance(item, VideoFrame)]
+        after = [item for item in collector.items[position:] if isinstance(item, VideoFrame)]
+        assert event.restart_ts is not None and before and event.restart_ts > before[-1].pts
+        if after:
+            assert after[0].pts == pytest.approx(event.restart_ts)
+    assert [e for e in collector.items if isinstance(e, SourceEvent)] == recorder.events
 
 
 def test_a_frozen_camera_is_a_read_timeout_then_resumes(rtsp_server: RtspServer) -> None:
@@ -279,6 +297,11 @@ def test_affectstream_run_survives_a_camera_restart(rtsp_server: RtspServer, tmp
     assert seqs == list(range(len(seqs))), "one stream, one unbroken sequence across the reconnect"
     estimates = [m for m in messages if m["type"] == "estimate"]
     assert all(isinstance(m["ts"], float) for m in estimates)
+    # Media time never goes back across the reconnect: the second connection continues the clock.
+    assert all(a["ts"] < b["ts"] for a, b in zip(estimates, estimates[1:]))  # type: ignore[operator]
+    started = [m for m in messages if m.get("kind") == "stream_started"]
+    assert "restart_ts" not in started[0]
+    assert all(isinstance(m.get("restart_ts"), float) for m in started[1:])
 
 
 def _last_index(items: list[object], value: object) -> int:

@@ -146,7 +146,7 @@ def test_resume_replays_what_was_missed_then_goes_live(server: StreamServer) -> 
             last = {s: max(m["seq"] for m in first if m.get("stream") == s) for s in ("cam", "file")}
             # In the URL, so that nothing live crosses it (a `resume` message sent now could).
             async with connect(url(server, resume=last)) as client:
-                target = max(publisher.durable("cam"), key=lambda m: m["seq"])["seq"] + 20
+                target = max(m.seq for m in publisher.durable("cam")) + 20
                 second = await receive_until(
                     client, lambda m: m.get("stream") == "cam" and m["seq"] > target, scaled(10))
             return first, second
@@ -157,7 +157,7 @@ def test_resume_replays_what_was_missed_then_goes_live(server: StreamServer) -> 
         got = durable_keys(first, stream) + durable_keys(second, stream)
         assert len(got) == len(set(got)), "no duplicates"
         upto = got[-1][1]
-        expected = [(m["stream"], m["seq"]) for m in publisher.durable(stream) if m["seq"] <= upto]
+        expected = [(m.stream, m.seq) for m in publisher.durable(stream) if m.seq <= upto]
         assert got == expected, "no gaps, in order"
 
 
@@ -191,11 +191,11 @@ def test_resume_across_a_server_restart_loses_no_event(tmp_path: Path) -> None:
         restarted.stop()
         server.stop()
     for stream in ("cam", "file"):
-        missed = [(stream, m["seq"]) for m in before_restart[stream] if m["seq"] > last[stream]]
+        missed = [(stream, m.seq) for m in before_restart[stream] if m.seq > last[stream]]
         assert missed, "the test needs events published while the client was away"
         got = durable_keys(second, stream)
         assert got[:len(missed)] == missed
-        after = [(stream, m["seq"]) for m in restarted.durable(stream)]
+        after = [(stream, m.seq) for m in restarted.durable(stream)]
         assert got[len(missed):] == after[:len(got) - len(missed)]
 
 
@@ -232,7 +232,7 @@ def test_fuzzed_client_frames_leave_the_server_and_other_clients_unharmed(
                     replies = await receive_until(bad, lambda m: m["type"] == "subscribed", scaled(5))
                 except ConnectionClosed as closed:
                     assert closed.rcvd is not None and closed.rcvd.code == 1008  # too many bad frames
-            mark = max(m["seq"] for m in publisher.durable("cam")) + 4
+            mark = max(m.seq for m in publisher.durable("cam")) + 4
             seen = await receive_until(good, lambda m: m.get("stream") == "cam" and m["seq"] > mark, scaled(10))
             return seen, replies
 
@@ -241,7 +241,7 @@ def test_fuzzed_client_frames_leave_the_server_and_other_clients_unharmed(
     assert {r["type"] for r in replies} <= known, "the fuzzing client got only protocol messages"
     for stream in ("cam", "file"):
         got = durable_keys(seen, stream)
-        expected = [(stream, m["seq"]) for m in publisher.durable(stream)]
+        expected = [(stream, m.seq) for m in publisher.durable(stream)]
         start = expected.index(got[0]) if got else 0
         assert got == expected[start:start + len(got)], "the good client saw every event, in order"
     with socket.create_connection(("127.0.0.1", server.port), timeout=scaled(5)) as raw:

@@ -110,7 +110,7 @@ def test_a_stalled_client_does_not_slow_the_others_and_resumes_without_gap() -> 
     for stream in ("cam", "file"):
         got = durable_keys(resumed, stream)
         assert len(got) == len(set(got)), "no duplicates"
-        expected = [(stream, m["seq"]) for m in publisher.durable(stream)]
+        expected = [(stream, m.seq) for m in publisher.durable(stream)]
         start = expected.index(got[0])
         assert got == expected[start:start + len(got)], "no gap: every event from connection to the end"
         assert len(got) > 300 * (STALL_S / 10)
@@ -118,4 +118,4 @@ def test_a_stalled_client_does_not_slow_the_others_and_resumes_without_gap() -> 
 
 def caught_up(received: list[dict[str, Any]], publisher: Publisher) -> bool:
     seen = {m["stream"]: m["seq"] for m in received if m.get("type") == "event"}
-    return all(seen.get(s, -1) >= publisher.durable(s)[-1]["seq"] - 50 for s in ("cam", "file"))
+    return all(seen.get(s, -1) >= publisher.durable(s)[-1].seq - 50 for s in ("cam", "file"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import socket
 import threading
@@ -13,13 +14,22 @@ import pytest
 
 from affectstream.errors import ConfigError, PipelineError, SourceOpenError, SourceOutcome
 from affectstream.stream.frame_clock import FrameClock, TimestampCorrector
-from affectstream.stream.frames import OverflowPolicy, SourceState, VideoFrame
-from affectstream.stream.grabber import Grabber
+from affectstream.stream.frames import OverflowPolicy, SourceEvent, SourceState, VideoFrame
+from affectstream.stream.grabber import Grabber, RingModes
 from affectstream.stream.ring import RingBuffer
-from affectstream.stream.sources import Source, SourceConfig, SourceKind, classify_uri, open_source
+from affectstream.stream.sources import (
+    Source,
+    SourceConfig,
+    SourceDamage,
+    SourceInfo,
+    SourceKind,
+    SourceWrapper,
+    classify_uri,
+    open_source,
+)
 from affectstream.stream.webcam import WebcamSource
 from tests import media
-from tests._sources_helpers import EventRecorder, drain, read_everything, run_bounded
+from tests._sources_helpers import EventRecorder, drain, drain_items, events_in, read_everything, run_bounded
 from tests.timeouts import scaled
 
 FAST = SourceConfig(open_timeout_s=5, read_timeout_s=5, reconnect_initial_s=0.05, reconnect_max_s=0.2)
@@ -136,9 +146,56 @@ def test_resolution_change_mid_stream_gives_frames_of_the_new_size(videos: dict[
 # -- the grabber on files ---------------------------------------------------------------------------
 
 
-def _file_grabber(path: Path | str, ring: RingBuffer, recorder: EventRecorder,
-                  config: SourceConfig = FAST, stop_event: threading.Event | None = None) -> Grabber:
-    return Grabber("s", lambda: open_source(str(path), "s", config), ring, recorder, config, stop_event=stop_event)
+def _file_grabber(path: Path | str, ring: RingBuffer, recorder: EventRecorder | None,
+                  config: SourceConfig = FAST, stop_event: threading.Event | None = None,
+                  modes: RingModes | None = None) -> Grabber:
+    return Grabber("s", lambda: open_source(str(path), "s", config), ring, recorder, config, stop_event=stop_event,
+                   modes=modes)
+
+
+class LiveLooking(SourceWrapper):
+    """A file that says it is live when opened, as a camera would (no pacing, no end)."""
+
+    @property
+    def is_live(self) -> bool:
+        return True
+
+    def open(self) -> SourceInfo:
+        return dataclasses.replace(self._inner.open(), is_live=True, duration_s=None)
+
+
+class RestartingCamera:
+    """A live source: each of its first ``connections`` connections delivers ``frames`` frames numbered
+    from ``first_pts`` again, then drops; after those it cannot be reached."""
+
+    stream_id, uri, is_live = "cam", "rtsp://camera.invalid/live", True
+
+    def __init__(self, frames: int, connections: int, fps: float = 10.0, first_pts: float = 0.0) -> None:
+        self._frames, self._connections, self._fps, self._first_pts = frames, connections, fps, first_pts
+        self._read = 0
+        self._opened = 0
+
+    @property
+    def damage(self) -> SourceDamage:
+        return SourceDamage(frames=self._read)
+
+    def open(self) -> SourceInfo:
+        if self._opened == self._connections:
+            raise SourceOpenError(f"{self.uri}: connection refused", SourceOutcome.CONNECTION_LOST, self.uri)
+        self._opened += 1
+        self._read = 0
+        return SourceInfo(self.uri, SourceKind.URL, True, 8, 8, self._fps, None, "fake")
+
+    def read(self) -> VideoFrame | None:
+        if self._read == self._frames:
+            return None  # the connection drops: a live source reconnects
+        frame = VideoFrame(self.stream_id, self._read, round(self._first_pts + self._read / self._fps, 6),
+                           time.monotonic_ns(), 0, np.zeros((8, 8, 3), np.uint8))
+        self._read += 1
+        return frame
+
+    def close(self) -> None:
+        pass
 
 
 def test_grabber_lifecycle_on_a_file(videos: dict[str, Path]) -> None:
@@ -147,7 +204,8 @@ def test_grabber_lifecycle_on_a_file(videos: dict[str, Path]) -> None:
     grabber = _file_grabber(videos["plain"], ring, recorder)
     assert grabber.state is SourceState.NOT_STARTED
     grabber.start()
-    frames = drain(ring, 20)
+    items = drain_items(ring, 20)
+    frames = [item for item in items if isinstance(item, VideoFrame)]
     assert grabber.join(scaled(10))
     assert recorder.states() == [SourceState.OPENING, SourceState.RUNNING, SourceState.ENDED]
     ended = recorder.events[-1]
@@ -155,16 +213,44 @@ def test_grabber_lifecycle_on_a_file(videos: dict[str, Path]) -> None:
     assert "160x120" in recorder.events[1].detail
     assert grabber.state is SourceState.ENDED and ring.closed
     assert [f.index for f in frames] == list(range(20))
+    # The same events went into the ring, in order with the frames: the end after the last frame.
+    assert events_in(items) == recorder.events
+    assert [type(item) for item in items] == [SourceEvent, SourceEvent] + [VideoFrame] * 20 + [SourceEvent]
+    running = recorder.events[1]
+    assert running.info is not None and running.info.is_live is False and running.restart_ts is None
+    assert ended.terminal and not running.terminal
+
+
+def test_events_reach_the_ring_without_an_observer(videos: dict[str, Path]) -> None:
+    ring = RingBuffer(64, OverflowPolicy.WAIT)
+    grabber = _file_grabber(videos["plain"], ring, None)
+    grabber.start()
+    items = drain_items(ring, 20)
+    assert grabber.join(scaled(10))
+    assert [e.state for e in events_in(items)] == [SourceState.OPENING, SourceState.RUNNING, SourceState.ENDED]
+    assert isinstance(items[-1], SourceEvent) and items[-1].outcome is SourceOutcome.ENDED
+
+
+def test_the_opened_source_sets_the_ring_mode(videos: dict[str, Path]) -> None:
+    # A ring that started out live (as for an http URL before it opens) becomes a file's ring.
+    ring = RingBuffer(3, OverflowPolicy.DROP_OLDEST)
+    grabber = _file_grabber(videos["plain"], ring, EventRecorder(), modes=RingModes(live_capacity=3,
+                                                                                    file_capacity=24))
+    grabber.start()
+    assert grabber.join(scaled(20))  # nobody reads; 20 frames fit in the file ring
+    assert (ring.policy, ring.capacity) == (OverflowPolicy.WAIT, 24)
+    assert [f.index for f in drain(ring, 5)] == list(range(20)) and ring.overwritten == 0
 
 
 def test_wait_policy_loses_no_frames_with_a_slow_reader(tmp_path: Path) -> None:
     path = media.make_video(tmp_path / "long.avi", seconds=6.0, fps=10)
     ring = RingBuffer(2, OverflowPolicy.WAIT)
     recorder = EventRecorder()
-    grabber = _file_grabber(path, ring, recorder)
+    grabber = _file_grabber(path, ring, recorder, modes=RingModes(file_capacity=2))
     grabber.start()
     frames = drain(ring, 30, on_frame=lambda _: time.sleep(0.002))
     assert grabber.join(scaled(10))
+    assert ring.capacity == 2
     assert [f.index for f in frames] == list(range(60))
     assert [f.pts for f in frames] == pytest.approx([i / 10 for i in range(60)])
     assert ring.overwritten == 0 and ring.written == 60
@@ -172,14 +258,49 @@ def test_wait_policy_loses_no_frames_with_a_slow_reader(tmp_path: Path) -> None:
 
 
 def test_drop_oldest_keeps_the_newest_frames_and_counts_the_rest(videos: dict[str, Path]) -> None:
-    ring = RingBuffer(3, OverflowPolicy.DROP_OLDEST)
+    # A live source gets a drop-oldest ring; this one gives 20 frames, then is lost for good.
+    config = dataclasses.replace(FAST, max_reconnect_attempts=0)
+    ring = RingBuffer(32, OverflowPolicy.WAIT)
     recorder = EventRecorder()
-    grabber = _file_grabber(videos["plain"], ring, recorder)
+    grabber = Grabber("s", lambda: LiveLooking(open_source(str(videos["plain"]), "s", config)), ring, recorder,
+                      config, modes=RingModes(live_capacity=3))
     grabber.start()
     assert grabber.join(scaled(20))  # nobody reads: the grabber must not block
-    frames = drain(ring, 5)
+    assert (ring.policy, ring.capacity) == (OverflowPolicy.DROP_OLDEST, 3)
+    items = drain_items(ring, 5)
+    frames = [item for item in items if isinstance(item, VideoFrame)]
     assert [f.index for f in frames] == [17, 18, 19]
     assert ring.overwritten == 17
+    # The events were not dropped with the frames around them.
+    assert events_in(items) == recorder.events
+    assert recorder.states() == [SourceState.OPENING, SourceState.RUNNING, SourceState.FAILED]
+    assert recorder.events[-1].outcome is SourceOutcome.CONNECTION_LOST
+
+
+def test_media_time_continues_across_a_reconnect() -> None:
+    """A camera that comes back numbers its frames from 0 again; the stream's ts keeps increasing."""
+    config = SourceConfig(open_timeout_s=2, read_timeout_s=2, reconnect_initial_s=0.01, reconnect_max_s=0.01,
+                          max_reconnect_attempts=2)
+    camera = RestartingCamera(frames=5, connections=3, fps=10.0, first_pts=3.0)
+    ring = RingBuffer(64, OverflowPolicy.WAIT)
+    recorder = EventRecorder()
+    grabber = Grabber("cam", lambda: camera, ring, recorder, config, modes=RingModes(live_capacity=64))
+    grabber.start()
+    items = drain_items(ring, 20)
+    assert grabber.join(scaled(10))
+    frames = [item for item in items if isinstance(item, VideoFrame)]
+    # The first connection keeps its own clock; each later one continues one frame interval on.
+    assert [f.pts for f in frames] == pytest.approx([3.0 + i / 10 for i in range(15)])
+    assert [f.index for f in frames] == list(range(15))
+    assert all(a.pts < b.pts for a, b in itertools.pairwise(frames))
+    running = [e for e in events_in(items) if e.state is SourceState.RUNNING]
+    assert [e.restart_ts for e in running] == [None, pytest.approx(3.5), pytest.approx(4.0)]
+    # Each RUNNING event comes right before the first frame of its connection.
+    for event in running[1:]:
+        position = items.index(event)
+        following = next(item for item in items[position:] if isinstance(item, VideoFrame))
+        assert following.pts == pytest.approx(event.restart_ts)
+    assert recorder.events[-1].outcome is SourceOutcome.CONNECTION_LOST
 
 
 def test_grabber_stop_while_blocked_on_a_full_ring(tmp_path: Path) -> None:

@@ -9,7 +9,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from affectstream.stream.eventlog import EventLog, EventLogConfig
-from affectstream.stream.messages import EventKind, Message, MessageType, StreamMessages, encode, wall_ms
+from affectstream.stream.messages import (
+    Estimate,
+    Event,
+    EventKind,
+    MessageType,
+    SeqCounter,
+    Stats,
+    StatsFields,
+    StreamRecord,
+    Summary,
+    Wire,
+    wall_ms,
+)
 from affectstream.stream.subscriptions import ClientSession, Outgoing, ProtocolError, resume_in_query
 
 
@@ -18,32 +30,42 @@ class World:
 
     def __init__(self, streams: tuple[str, ...] = ("a", "b")) -> None:
         self.log = EventLog(EventLogConfig())
-        self.numbering = {s: StreamMessages(s) for s in streams}
+        self.numbering = {s: SeqCounter() for s in streams}
 
     def session(self, capacity: int = 8) -> ClientSession:
         return ClientSession(capacity, self.log.since)
 
-    def emit(self, stream: str, kind: str, *sessions: ClientSession) -> Message:
-        numbering = self.numbering[stream]
-        if kind == "event":
-            message = numbering.event(EventKind.PEAK, 1.0, wall_ms(), label="fear", value=0.5)
-        else:
-            message = numbering.make(MessageType(kind), 1.0, wall_ms(), scores={"fear": 0.5}, sentiment=0.0)
-        text = encode(message)
-        self.log.append([(message, text)])
+    def record(self, stream: str, kind: str) -> StreamRecord:
+        numbered = {"stream": stream, "seq": self.numbering[stream].take(), "ts": 1.0, "wall": wall_ms()}
+        match MessageType(kind):
+            case MessageType.EVENT:
+                return Event(kind=EventKind.PEAK, label="fear", value=0.5, **numbered)
+            case MessageType.ESTIMATE:
+                return Estimate(scores={"fear": 0.5}, sentiment=0.0, dominant="fear", **numbered)
+            case MessageType.SUMMARY:
+                return Summary(window_s=5.0, start=0.0, end=1.0, frames=4, mean={"fear": 0.5}, dominant="fear",
+                               share={"fear": 1.0}, sentiment_mean=0.0, sentiment_trend=0.0, **numbered)
+            case MessageType.STATS:
+                return Stats(fields=StatsFields(), **numbered)
+        raise AssertionError(kind)
+
+    def emit(self, stream: str, kind: str, *sessions: ClientSession) -> Wire:
+        """Publish one message as the server does; returns its wire form, what a client should get."""
+        message = self.record(stream, kind)
+        self.log.append([message])
         for session in sessions:
-            session.offer(Outgoing.of(message, text))
-        return message
+            session.offer(Outgoing.of(message))
+        return message.to_wire()
 
 
-def drain(session: ClientSession) -> list[Message]:
-    out: list[Message] = []
+def drain(session: ClientSession) -> list[Wire]:
+    out: list[Wire] = []
     while batch := session.take(5):
         out.extend(json.loads(item.text) for item in batch)
     return out
 
 
-def keys(messages: list[Message], types: tuple[str, ...] = ("event", "summary")) -> list[tuple[str, int]]:
+def keys(messages: list[Wire], types: tuple[str, ...] = ("event", "summary")) -> list[tuple[str, int]]:
     return [(m["stream"], m["seq"]) for m in messages if m["type"] in types]
 
 
@@ -185,7 +207,7 @@ def test_no_durable_message_is_lost_or_duplicated_whatever_the_pace(
     """Any interleaving of publishing and reading; the client resumes whenever told it lagged."""
     world = World()
     session = world.session(capacity=3)
-    received: list[Message] = []
+    received: list[Wire] = []
 
     def read(count: int) -> None:
         for item in session.take(count):
