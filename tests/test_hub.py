@@ -84,3 +84,13 @@ def test_a_tag_already_downloaded_loads_with_the_hub_out_of_reach(tmp_path: Path
     assert result["same"], "the cached file's weights were loaded"
     assert result["preprocess"]["interpolation"] == "bicubic"
     assert result["preprocess"]["mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073])
+
+
+def test_no_clip_in_cache_looks_at_repo_names_only(tmp_path: Path) -> None:
+    from affectstream.engine.hub import no_clip_in_cache
+
+    assert no_clip_in_cache(tmp_path / "absent")
+    (tmp_path / "models--someone--bert").mkdir(parents=True)
+    assert no_clip_in_cache(tmp_path)
+    (tmp_path / "models--timm--vit_base_patch32_clip_224.openai").mkdir()
+    assert not no_clip_in_cache(tmp_path)  # maybe cached: open_clip must look
