@@ -11,6 +11,8 @@ and memory while faces come and go.
    played at its own speed, as a live camera would be, for ``soak_minutes``; resident memory sampled
    every 5 s, its slope after the first fifth (loading and warm-up: allocator pools, ONNX Runtime's
    arena), and the most face tracks any session held.
+4. **detectors** (benchmarks/face_detectors.py): recall, false boxes and ms per frame of each face
+   detector on the test media, at batch 1 and batched.
 """
 
 from __future__ import annotations
@@ -32,15 +34,32 @@ log = logging.getLogger("affectstream.bench")
 
 ONE_FACE_SHOT_S = 8.4  # Megamind.avi from 8.4 s to its end: one shot of one large frontal face
 FER_PEER = Path(__file__).resolve().parents[1] / "benchmarks" / "fer_peer.py"
+DETECTORS = Path(__file__).resolve().parents[1] / "benchmarks" / "face_detectors.py"
 
 
 def faces_section(video: str, streams: int, rate_hz: float, seconds: float, soak_minutes: float,
-                  fer_venv: str | None, skip_fer: bool, workdir: Path, device: str = "cpu") -> dict[str, Any]:
+                  fer_venv: str | None, skip_fer: bool, workdir: Path, device: str = "cpu",
+                  compare_detectors: bool = True, quick: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"video": video, "device": device}
     out["every_frame"] = every_frame(video, workdir, fer_venv, skip_fer, device)
     out["live"] = live(video, streams, rate_hz, seconds, device)
     out["memory"] = memory(video, soak_minutes, workdir, device)
+    if compare_detectors:
+        out["detectors"] = detectors(workdir, device, quick)
     return out
+
+
+def detectors(workdir: Path, device: str, quick: bool) -> dict[str, Any]:
+    """benchmarks/face_detectors.py: recall on the test media and ms per frame at batch 1 and 8."""
+    if not DETECTORS.is_file():
+        return {"skipped": f"{DETECTORS} not found: run the bench from a checkout of affectstream"}
+    out = workdir / "face-detectors.json"
+    command = [sys.executable, str(DETECTORS), "--json", str(out), "--device", device, *(["--quick"] if quick else [])]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    if result.returncode != 0:
+        return {"skipped": f"the detector comparison failed ({result.returncode}): {result.stderr[-500:]}"}
+    figures: dict[str, Any] = json.loads(out.read_text())
+    return figures
 
 
 # -- 1. every frame, against fer ---------------------------------------------------------------------

@@ -73,6 +73,7 @@ def add_bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     parser.add_argument("--soak-minutes", type=float, default=10.0, help="faces: media minutes of the memory run")
     parser.add_argument("--fer-venv", default=None, help="faces: the fer peer's virtualenv (default: in the cache)")
     parser.add_argument("--no-fer", action="store_true", help="faces: do not run the fer peer")
+    parser.add_argument("--no-detectors", action="store_true", help="faces: skip the detector comparison")
     parser.add_argument("--out", default="bench.json", help="JSON report")
     parser.add_argument("--plots", default=None, metavar="DIR", help="PNG plots (default: beside --out)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few repeats, short runs")
@@ -160,11 +161,12 @@ def _faces(args: argparse.Namespace, video: str) -> int:
     from affectstream.engine.encoder import resolve_device
 
     report["faces"] = faces_section(video, args.face_streams, args.face_rate, seconds, soak, args.fer_venv,
-                                    args.no_fer, scratch_dir(), resolve_device(args.device))
+                                    args.no_fer, scratch_dir(), resolve_device(args.device),
+                                    compare_detectors=not args.no_detectors, quick=args.quick)
     report["seconds"] = round(time.monotonic() - started, 1)
     report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     _save(out, report)
-    headline = {key: value for key, value in report["faces"].items() if key != "memory"}
+    headline = {key: value for key, value in report["faces"].items() if key not in ("memory", "detectors")}
     headline["memory"] = {k: v for k, v in report["faces"]["memory"].items() if k != "samples"}
     print(json.dumps(headline, indent=2))
     return EXIT_OK

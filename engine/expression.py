@@ -34,6 +34,7 @@ from affectstream.engine.expression_descriptor import (
 from affectstream.engine.interfaces import EventThresholds
 from affectstream.engine.keras_h5 import KerasGraph, keras_graph_from_files, parse_keras_config, read_keras_h5
 from affectstream.engine.labels import EXPRESSION_LABELS
+from affectstream.engine.precisions import CLASSIFIER_BACKENDS, CLASSIFIER_PRECISIONS
 from affectstream.errors import ConfigError, MissingExtraError, ModelError
 
 if TYPE_CHECKING:  # ort_backend is imported when an ONNX model is run, not with this module
@@ -41,8 +42,8 @@ if TYPE_CHECKING:  # ort_backend is imported when an ONNX model is run, not with
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnx")
-PRECISIONS = ("auto", "fp32", "fp16")
+BACKENDS = CLASSIFIER_BACKENDS
+PRECISIONS = CLASSIFIER_PRECISIONS
 # fp16 on CUDA is used only when its probabilities stay this close to fp32's on the probe inputs.
 FP16_TOLERANCE = 2e-3
 # ONNX Runtime must reproduce torch on the converted model to this (probabilities).

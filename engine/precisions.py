@@ -17,6 +17,9 @@ class Backend(str, enum.Enum):
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 # What each backend can run. fp16 on the CPU has no fast kernels; ONNX Runtime's CPU fp16 and bf16
 # kernels cover few operators, so it runs fp32 or int8 graphs.
+# The expression classifier's runners (engine/expression.py): torch on CPU/CUDA, ONNX Runtime.
+CLASSIFIER_BACKENDS: tuple[str, ...] = (Backend.AUTO.value, Backend.TORCH.value, Backend.ONNX.value)
+CLASSIFIER_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16")  # fp16: CUDA, where parity holds
 SUPPORTED: dict[Backend, tuple[str, ...]] = {
     Backend.TORCH: ("fp32", "fp16", "bf16"),
     Backend.COMPILE: ("fp32", "fp16", "bf16"),
