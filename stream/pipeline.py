@@ -347,7 +347,7 @@ class Pipeline:
         stages: dict[str, float] = {}
         faces: list[tuple[FaceObservation, ...]] | None = None
         if self._faces is not None and frames:
-            faces = self._faces.analyse(images)
+            faces = self._faces.analyse(images, [(item.frame.stream_id, item.frame.pts) for item in frames])
             stages.update(self._faces.last_stage_ms)
         features = None
         if self._encoder is not None and frames:
@@ -398,7 +398,11 @@ class Pipeline:
 
     def _apply_marker(self, marker: StreamMarker) -> None:
         # A new connection starts a new temporal context; state from before a gap is meaningless.
-        if self._head is not None and marker.event.state in (SourceState.RECONNECTING, SourceState.RUNNING):
+        if marker.event.state not in (SourceState.RECONNECTING, SourceState.RUNNING):
+            return
+        if self._faces is not None:
+            self._faces.schedule.forget(marker.event.stream_id)  # no boxes carried over a reconnect
+        if self._head is not None:
             with self._head_lock:
                 self._head.reset(marker.event.stream_id)
 
