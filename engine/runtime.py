@@ -69,8 +69,9 @@ def load_engine(choice: EngineChoice) -> Engine:
     from affectstream.engine.face_engine import load_face_model
 
     device = resolve_device(choice.device)
+    backend, precision = _classifier_choice(choice)
     faces = load_face_model(choice.detector, str(choice.expression) if choice.expression else None, device=device,
-                            detect_interval_s=choice.detect_interval_s)
+                            backend=backend, precision=precision, detect_interval_s=choice.detect_interval_s)
     clip = load_clip_engine(choice) if _wants_clip(choice) else None
     info = {"faces": dict(faces.info)}
     if clip is None:
@@ -80,6 +81,16 @@ def load_engine(choice: EngineChoice) -> Engine:
         return clip
     return Engine(clip.encoder, clip.head, EXPRESSION_LABELS, {**clip.model_info, **info}, faces=faces,
                   clip_input=clip.clip_input)
+
+
+def _classifier_choice(choice: EngineChoice) -> tuple[str, str]:
+    """``--backend`` and ``--precision`` where they apply to the expression classifier too (torch or
+    ONNX Runtime; fp32, or fp16 on CUDA); otherwise it chooses for itself (``auto``)."""
+    from affectstream.engine.precisions import CLASSIFIER_BACKENDS, CLASSIFIER_PRECISIONS
+
+    backend = choice.backend if choice.backend in CLASSIFIER_BACKENDS else "auto"
+    precision = choice.precision if choice.precision in CLASSIFIER_PRECISIONS else "auto"
+    return backend, precision
 
 
 def _wants_clip(choice: EngineChoice) -> bool:

@@ -97,3 +97,12 @@ def test_schedule_plans_a_batch_in_order() -> None:
     schedule = DetectionSchedule(0.1)
     keys = [("a", 0.0), ("b", 0.0), ("a", 1 / 24), ("a", 2 / 24), ("a", 3 / 24), ("b", 0.2)]
     assert schedule.plan(keys) == [True, True, False, False, True, True]
+
+
+def test_backend_and_precision_reach_the_classifier_where_they_apply() -> None:
+    from affectstream.engine.runtime import EngineChoice, _classifier_choice
+
+    assert _classifier_choice(EngineChoice(backend="onnx", precision="fp32")) == ("onnx", "fp32")
+    assert _classifier_choice(EngineChoice(backend="torch", precision="fp16")) == ("torch", "fp16")
+    # TensorRT and int8 are the CLIP encoder's: the classifier chooses for itself.
+    assert _classifier_choice(EngineChoice(backend="tensorrt", precision="int8")) == ("auto", "auto")
