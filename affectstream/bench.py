@@ -22,11 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from affectstream.errors import ConfigError, MissingExtraError
+from affectstream.errors import ConfigError, ExitStatus, MissingExtraError
 
 log = logging.getLogger("affectstream.bench")
 
-EXIT_OK = 0
 DEFAULT_VIDEO = "/usr/share/doc/opencv-doc/examples/data/Megamind.avi"
 SECTIONS = ("a", "b", "c", "d", "faces")
 
@@ -143,7 +142,7 @@ def run_bench(args: argparse.Namespace) -> int:
     except MissingExtraError as error:
         log.warning("%s; JSON written without plots", error)
     print(json.dumps(_headline(report), indent=2))
-    return EXIT_OK
+    return ExitStatus.OK
 
 
 def _faces(args: argparse.Namespace, video: str) -> int:
@@ -169,7 +168,7 @@ def _faces(args: argparse.Namespace, video: str) -> int:
     headline = {key: value for key, value in report["faces"].items() if key not in ("memory", "detectors")}
     headline["memory"] = {k: v for k, v in report["faces"]["memory"].items() if k != "samples"}
     print(json.dumps(headline, indent=2))
-    return EXIT_OK
+    return ExitStatus.OK
 
 
 def _save(out: Path, report: dict[str, Any]) -> None:

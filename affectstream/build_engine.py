@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from affectstream.errors import ExitStatus
+
 log = logging.getLogger("affectstream")
 
-EXIT_OK = 0
 
 
 def add_build_engine_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,7 +50,7 @@ def run_build_engine(args: argparse.Namespace) -> int:
         calibration = read_frames(args.calibration, args.calibration_frames)
     report = build_engine(Path(args.bundle), config, calibration)
     print(json.dumps(report, indent=2))
-    return EXIT_OK
+    return ExitStatus.OK
 
 
 def read_frames(uri: str, count: int, stride: int = 0) -> list[np.ndarray]:

@@ -20,9 +20,7 @@ from collections.abc import Callable, Sequence
 from affectstream._version import __version__
 from affectstream.engine.interfaces import HeadKind
 from affectstream.engine.precisions import PRECISIONS, Backend
-from affectstream.errors import AffectstreamError, ConfigError, MissingExtraError, ModelError
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_NOTHING, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+from affectstream.errors import AffectstreamError, ConfigError, ExitStatus, MissingExtraError, ModelError
 
 log = logging.getLogger("affectstream")
 
@@ -196,13 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args, environment)
     except KeyboardInterrupt:
         log.warning("interrupted")
-        return EXIT_INTERRUPTED
+        return ExitStatus.INTERRUPTED
     except (ConfigError, MissingExtraError, ModelError) as error:
         log.error("%s", error)
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     except AffectstreamError as error:
         log.error("%s", error)
-        return EXIT_ERROR
+        return ExitStatus.BUG
 
 
 def _run(args: argparse.Namespace, environment: dict[str, str]) -> int:

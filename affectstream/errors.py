@@ -24,6 +24,18 @@ from __future__ import annotations
 import enum
 
 
+class ExitStatus(enum.IntEnum):
+    """The exit status of every command (docs/cli.md, "Exit statuses"): one list, used everywhere."""
+
+    OK = 0  # done: every source read to its end (or a live one stopped on request)
+    BUG = 1  # an unexpected internal error: a bug, please report it with the log
+    USAGE = 2  # usage or configuration: bad arguments, unknown model, bad bundle, port in use, refused
+    PARTIAL = 3  # some input was damaged or failed; what could be read was analysed and written
+    NOTHING = 4  # nothing could be analysed or received: missing, empty, not a video, unreachable
+    INTERRUPTED = 130  # stopped by Ctrl-C before the end
+    TERMINATED = 143  # stopped by SIGTERM before the end
+
+
 class AffectstreamError(Exception):
     """Base class of every error raised on purpose by affectstream."""
 

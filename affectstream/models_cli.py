@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from affectstream.engine.model_files import ARTIFACTS, fetch, list_models, models_dir
+from affectstream.errors import ExitStatus
 
 
 def add_models_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,7 +41,7 @@ def _fetch(args: argparse.Namespace, root: Path) -> int:
     from_dir = Path(args.from_dir) if args.from_dir else None
     for path in fetch(args.names or None, progress=progress, from_dir=from_dir, root=root):
         print(path)
-    return 0
+    return ExitStatus.OK
 
 
 def _list(root: Path) -> int:
@@ -52,4 +53,4 @@ def _list(root: Path) -> int:
             state = f"missing ({status.detail})"
         size = f"{status.size / 1e6:.1f} MB" if status.files else "-"
         print(f"{status.name:<20} {state:<40} {size:>9}  {status.path}")
-    return 0
+    return ExitStatus.OK

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from affectstream.engine.runtime import Engine, EngineChoice, load_engine
-from affectstream.errors import ConfigError, SourceOutcome
+from affectstream.errors import ConfigError, ExitStatus, SourceOutcome
 from affectstream.stream.batcher import BatchConfig
 from affectstream.stream.face_session import FaceConfig
 from affectstream.stream.messages import StreamRecord
@@ -25,7 +25,6 @@ from affectstream.stream.sources import SourceConfig, SourceKind, classify_uri
 
 log = logging.getLogger("affectstream")
 
-EXIT_OK, EXIT_PARTIAL, EXIT_NOTHING, EXIT_INTERRUPTED = 0, 3, 4, 130
 # Outcomes after which nothing at all was read from a source.
 _NOTHING_READ = {
     SourceOutcome.MISSING, SourceOutcome.EMPTY, SourceOutcome.NOT_VIDEO, SourceOutcome.NO_VIDEO_TRACK,
@@ -102,20 +101,20 @@ def stream_status(outcome: StreamOutcome) -> int:
     """The exit status one stream earns (docs/cli.md)."""
     if not outcome.ended or outcome.outcome is SourceOutcome.STOPPED:
         # Stopped (Ctrl-C, --duration): fine if it ever started; a camera that never answered is not.
-        return EXIT_OK if outcome.started else EXIT_NOTHING
+        return ExitStatus.OK if outcome.started else ExitStatus.NOTHING
     if outcome.outcome is SourceOutcome.ENDED:
-        return EXIT_OK
+        return ExitStatus.OK
     if not outcome.estimates and outcome.outcome in _NOTHING_READ:
-        return EXIT_NOTHING
-    return EXIT_PARTIAL
+        return ExitStatus.NOTHING
+    return ExitStatus.PARTIAL
 
 
 def exit_status(outcomes: Mapping[str, StreamOutcome]) -> int:
     """0 if every stream ended well, 4 if none gave anything, else 3."""
     statuses = {stream_status(outcome) for outcome in outcomes.values()}
-    if statuses == {EXIT_NOTHING}:
-        return EXIT_NOTHING
-    return EXIT_OK if statuses == {EXIT_OK} else EXIT_PARTIAL
+    if statuses == {ExitStatus.NOTHING}:
+        return ExitStatus.NOTHING
+    return ExitStatus.OK if statuses == {ExitStatus.OK} else ExitStatus.PARTIAL
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -182,7 +181,7 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
             server.stop()
         sink.close()
     status = exit_status(pipeline.outcomes)
-    return EXIT_OK if interrupted and status == EXIT_OK else status
+    return ExitStatus.OK if interrupted and status == ExitStatus.OK else status
 
 
 class _DoneEvent(threading.Event):
@@ -230,7 +229,7 @@ def analyze_command(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(summary, indent=2, allow_nan=False))
     status = stream_status(outcome)
     _print_summary(summary, out, status)
-    return EXIT_INTERRUPTED if interrupted else status
+    return ExitStatus.INTERRUPTED if interrupted else status
 
 
 def _input_name(uri: str) -> str:
@@ -282,7 +281,7 @@ def _print_summary(summary: dict[str, Any], out: Path, status: int) -> None:
     frames = summary.get("frames", 0)
     damage = summary.get("damage", {})
     print(f"analysed {frames} frames; summary written to {out}", file=sys.stderr)
-    if status != EXIT_OK:
+    if status != ExitStatus.OK:
         print(f"input problem: {damage.get('outcome')} {damage.get('detail', '')}".rstrip(), file=sys.stderr)
 
 
@@ -295,9 +294,9 @@ def bundle_command(args: argparse.Namespace) -> int:
         spec = ModelSpec.from_preset(args.model)
         path = create_zero_shot_bundle(spec, Path(args.out), resolve_device(args.device))
         print(path)
-        return EXIT_OK
+        return ExitStatus.OK
     from affectstream.engine.bundle import load_bundle
 
     bundle = load_bundle(Path(args.path))
     print(json.dumps(bundle.manifest, indent=2))
-    return EXIT_OK
+    return ExitStatus.OK

@@ -19,12 +19,11 @@ from datetime import datetime
 from typing import IO, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from affectstream.errors import MissingExtraError
+from affectstream.errors import ExitStatus, MissingExtraError
 from affectstream.stream.messages import Wire
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_REJECTED = 0, 1, 2
 DATA_TYPES = ("hello", "estimate", "summary", "event", "stats")
 
 
@@ -97,7 +96,7 @@ def run_listen(args: argparse.Namespace, environment: dict[str, str]) -> int:
     try:
         return Listener(options_from_args(args, environment), sys.stdout).run()
     except KeyboardInterrupt:
-        return EXIT_OK
+        return ExitStatus.OK
 
 
 class Listener:
@@ -121,20 +120,20 @@ class Listener:
                 with connect(with_resume(self.options.url, self.last_seq), open_timeout=10) as connection:
                     attempts = 0
                     if self._session(connection):
-                        return EXIT_OK
+                        return ExitStatus.OK
             except InvalidStatus as error:
                 status = error.response.status_code
                 log.error("the server refused the connection (HTTP %d): %s", status,
                           error.response.body.decode(errors="replace").strip())
                 if status in (401, 403):
-                    return EXIT_REJECTED
+                    return ExitStatus.USAGE
             except InvalidURI as error:
                 log.error("%s: give a ws://host:port/ws URL", error)
-                return EXIT_REJECTED
+                return ExitStatus.USAGE
             except (OSError, ConnectionClosed, TimeoutError) as error:
                 log.warning("connection to %s lost or refused: %s", self.options.url, error)
             if not self.options.reconnect:
-                return EXIT_FAILED
+                return ExitStatus.NOTHING
             attempts += 1
             delay = min(10.0, 0.25 * 2 ** attempts) * random.uniform(0.5, 1.0)
             log.info("reconnecting in %.1f s (resuming after %s)", delay, self.last_seq)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from affectstream.engine.labels import EMOTIONS
-from affectstream.errors import ConfigError
+from affectstream.errors import ConfigError, ExitStatus
 
 if TYPE_CHECKING:  # the CLI builds its parser on every start: the heavy modules load when a verb runs
     from affectstream.training.datasets import Dataset
@@ -33,7 +33,6 @@ log = logging.getLogger("affectstream")
 
 FORMATS = ("mosei", "synthetic", "ckplus", "mug")
 # `affectstream` exit statuses (affectstream/cli.py): partial when something was skipped, nothing when all was.
-_EXIT_OK, _EXIT_PARTIAL, _EXIT_NOTHING = 0, 3, 4
 
 
 @dataclass(frozen=True)
@@ -158,7 +157,7 @@ def run_extract(args: argparse.Namespace, environment: dict[str, str]) -> int:
     dataset, labeler = location.open()
     if not dataset.segments:
         log.error("%s: no usable segments (%d problems while loading)", args.dataset_dir, len(dataset.problems))
-        return _EXIT_NOTHING
+        return ExitStatus.NOTHING
     config = ExtractConfig(model=args.model, device=args.device, sampling=sampling_from_args(args),
                            backend=args.backend, precision=args.precision, batch_size=args.batch,
                            shard_size=args.shard_size, faces=args.faces)
@@ -171,8 +170,8 @@ def run_extract(args: argparse.Namespace, environment: dict[str, str]) -> int:
 
 def exit_status(summary: ExtractSummary) -> int:
     if summary.segments_extracted == 0:
-        return _EXIT_NOTHING
-    return _EXIT_PARTIAL if summary.skipped_by_reason else _EXIT_OK
+        return ExitStatus.NOTHING
+    return ExitStatus.PARTIAL if summary.skipped_by_reason else ExitStatus.OK
 
 
 # ------------------------------------------------------------------------------------------ synth
@@ -229,4 +228,4 @@ def run_synth(args: argparse.Namespace, environment: dict[str, str]) -> int:
     counts = json.dumps(dataset.class_counts())
     print(f"synthetic: {config.n_videos} videos, {len(dataset)} segments -> {args.out}; positives {counts}",
           file=sys.stderr)
-    return _EXIT_OK
+    return ExitStatus.OK

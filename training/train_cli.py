@@ -13,11 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from affectstream.errors import ConfigError
+from affectstream.errors import ConfigError, ExitStatus
 
 log = logging.getLogger("affectstream")
 
-EXIT_OK = 0
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -147,7 +146,7 @@ def run_train(args: argparse.Namespace, environment: dict[str, str]) -> int:
         outcome = fit(featureset, options, on_epoch, encoder)
     path = write_run(Path(args.out), outcome)
     print_train_summary(outcome, path)
-    return EXIT_OK
+    return ExitStatus.OK
 
 
 def print_train_summary(outcome: Any, path: Path) -> None:
@@ -192,4 +191,4 @@ def run_evaluate(args: argparse.Namespace, environment: dict[str, str]) -> int:
             f"{name}: macro AUC {model['multilabel']['macro_auc']:.3f}, normalized acc. "
             f"{percent(model['single_label']['normalized_accuracy'])}" for name, model in report["models"].items())
         print(f"{report['bundle']} ({report['side']}, {report['segments']} segments): {summary}", file=sys.stderr)
-    return EXIT_OK
+    return ExitStatus.OK
