@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from affectstream._version import __version__
+from affectstream.checks import COUNT, NON_NEGATIVE, PORT, POSITIVE, PROBABILITY, number
 from affectstream.engine.interfaces import HeadKind
 from affectstream.engine.precisions import PRECISIONS, Backend
 from affectstream.errors import AffectstreamError, ConfigError, ExitStatus, MissingExtraError, ModelError
@@ -37,7 +38,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="image encoder backend; auto = the fastest one ready (docs/benchmarks.md)")
     group.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                        help="encoder precision; auto = fp16 on CUDA, else fp32 (int8 where build-engine made it)")
-    group.add_argument("--dynamic-threshold", type=float, default=None, metavar="RATIO",
+    group.add_argument("--dynamic-threshold", type=PROBABILITY, default=None, metavar="RATIO",
                        help="zero-shot: zero every score below RATIO x the frame's highest (the seed's rule)")
     faces = parser.add_argument_group("faces")
     faces.add_argument("--faces", default="on", choices=["on", "off"],
@@ -45,7 +46,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     faces.add_argument("--detector", default="auto", metavar="NAME",
                        help="face detector: auto (mtcnn on CUDA, blazeface:back on the CPU), mtcnn, "
                        "blazeface[:front|back|full], haar, yunet:FILE.onnx (docs/faces.md)")
-    faces.add_argument("--detect-every", type=float, default=0.1, metavar="S",
+    faces.add_argument("--detect-every", type=NON_NEGATIVE, default=0.1, metavar="S",
                        help="detect faces at most once per S seconds of media time per stream; frames in "
                        "between reuse the boxes (default 0.1: every frame at a few Hz; 0: always)")
     faces.add_argument("--expression", default=None, metavar="DESCRIPTOR",
@@ -54,33 +55,33 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     faces.add_argument("--clip-input", default="auto", choices=["auto", "frame", "face"],
                        help="what CLIP encodes when it runs with faces: the whole frame or the largest face "
                        "(auto: what the bundle was trained on, else frame)")
-    faces.add_argument("--uncertain-below", type=float, default=0.35, metavar="P",
+    faces.add_argument("--uncertain-below", type=PROBABILITY, default=0.35, metavar="P",
                        help="a face whose smoothed top probability is under P is 'uncertain' (default 0.35)")
 
 
 def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("pipeline")
-    group.add_argument("--rate", type=float, default=None, metavar="HZ",
+    group.add_argument("--rate", type=NON_NEGATIVE, default=None, metavar="HZ",
                        help="sampled frames per second of media time (default: 4 live, 2 files; 0 = every frame)")
-    group.add_argument("--max-batch", type=int, default=16, help="most frames encoded in one call")
-    group.add_argument("--max-wait-ms", type=float, default=10.0, help="longest a frame waits for a batch to fill")
+    group.add_argument("--max-batch", type=COUNT, default=16, help="most frames encoded in one call")
+    group.add_argument("--max-wait-ms", type=NON_NEGATIVE, default=10.0, help="longest a frame waits for a batch to fill")
     group.add_argument("--windows", default="5,60", metavar="S,S", help="rolling summary windows in seconds")
-    group.add_argument("--onset", type=float, default=None, metavar="SCORE",
+    group.add_argument("--onset", type=PROBABILITY, default=None, metavar="SCORE",
                        help="score an emotion must reach for an onset (default: the model's, 0.5 faces, 0.6 CLIP)")
-    group.add_argument("--offset", type=float, default=None, metavar="SCORE",
+    group.add_argument("--offset", type=PROBABILITY, default=None, metavar="SCORE",
                        help="score it must fall under for an offset (default: the model's, 0.3 faces, 0.4 CLIP)")
     group.add_argument("--out", default=None, metavar="FILE", help="also write every message to FILE as JSON Lines")
-    group.add_argument("--open-timeout", type=float, default=10.0, help="seconds to open a source")
-    group.add_argument("--read-timeout", type=float, default=5.0, help="seconds without a frame before a live "
+    group.add_argument("--open-timeout", type=POSITIVE, default=10.0, help="seconds to open a source")
+    group.add_argument("--read-timeout", type=POSITIVE, default=5.0, help="seconds without a frame before a live "
                        "source counts as lost and reconnects")
-    group.add_argument("--stats-interval", type=float, default=2.0, help="seconds between stats messages")
+    group.add_argument("--stats-interval", type=POSITIVE, default=2.0, help="seconds between stats messages")
     group.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v: per-frame debug; -vv: libraries too)")
 
 
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("websocket server and dashboard")
     group.add_argument("--host", default="127.0.0.1")
-    group.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    group.add_argument("--port", type=PORT, default=8765, help="0 picks a free port")
     group.add_argument("--no-serve", action="store_true", help="do not start the websocket server")
     group.add_argument("--token", default=None, help="require this token from clients (or AFFECTSTREAM_TOKEN)")
     group.add_argument("--insecure", action="store_true", help="allow a non-loopback host without a token")
@@ -88,9 +89,9 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
                        help="extra browser Origin allowed to connect (repeatable)")
     group.add_argument("--event-log", default=None, metavar="PATH",
                        help="SQLite event log for resume (default: in memory)")
-    group.add_argument("--retention", type=float, default=24 * 3600.0, metavar="S",
+    group.add_argument("--retention", type=POSITIVE, default=24 * 3600.0, metavar="S",
                        help="seconds of events and summaries kept in the event log")
-    group.add_argument("--max-connections", type=int, default=256)
+    group.add_argument("--max-connections", type=COUNT, default=256)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fast", action="store_true", help="read files as fast as possible instead of in real time")
     run.add_argument("--show", action="store_true", help="draw live overlays in an OpenCV window")
     run.add_argument("--quiet", action="store_true", help="do not print messages on stdout")
-    run.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    run.add_argument("--duration", type=POSITIVE, default=None, metavar="S", help="stop after S seconds")
     _add_model_options(run)
     _add_pipeline_options(run)
     _add_server_options(run)
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("file")
     analyze.add_argument("--summary", default=None, metavar="FILE.json",
                          help="where the summary goes (default: FILE.affect.json beside the current dir)")
-    analyze.add_argument("--top", type=int, default=5, help="top moments kept per emotion")
+    analyze.add_argument("--top", type=number(0, integer=True), default=5, help="top moments kept per emotion")
     _add_model_options(analyze)
     _add_pipeline_options(analyze)
 

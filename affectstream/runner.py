@@ -128,7 +128,10 @@ def _install_sigterm() -> None:
 
 
 def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
+    from affectstream.checks import preflight_run
+
     sources = parse_sources(args.sources)
+    preflight_run(args, sources)  # before the model loads: a mistake costs a second, not the load
     engine = engine_from_args(args)
     config = pipeline_config(args, pace_files=not args.fast, engine=engine)
     sinks: list[Sink] = []
@@ -196,9 +199,17 @@ class _DoneEvent(threading.Event):
 
 
 def analyze_command(args: argparse.Namespace) -> int:
+    from affectstream.checks import preflight_analyze
+    from affectstream.stream.pyav_source import local_file_problem
     from affectstream.stream.report import FileReport
 
     uri = args.file.strip()
+    out = Path(args.summary) if args.summary else Path(_input_name(uri) + ".affect.json")
+    preflight_analyze(args, out)
+    problem = local_file_problem(uri) if classify_uri(uri) is SourceKind.FILE else None
+    if problem is not None:  # nothing to analyse: said at once, and no summary is written
+        print(f"cannot analyse {uri}: {problem}", file=sys.stderr)
+        return ExitStatus.NOTHING
     engine = engine_from_args(args, offline=True)
     recorder = None
     if engine.sequence_model is not None and engine.head is not None:
@@ -225,7 +236,6 @@ def analyze_command(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = report.to_dict(source={"path": uri, "model": engine.model_info},
                                                damage=_damage_of(outcome))
     summary["processing"] = {"seconds": round(time.monotonic() - started, 3), "interrupted": interrupted}
-    out = Path(args.summary) if args.summary else Path(_input_name(uri) + ".affect.json")
     out.write_text(json.dumps(summary, indent=2, allow_nan=False))
     status = stream_status(outcome)
     _print_summary(summary, out, status)

@@ -55,6 +55,21 @@ def _mp4_without_moov(path: Path) -> bool:
     return bool(types) and types[0] == b"ftyp" and b"moov" not in types
 
 
+def local_file_problem(uri: str) -> SourceOpenError | None:
+    """Why a local file cannot be a video source before anything opens it (None: it may be one)."""
+    path = Path(uri)
+    if not path.exists():
+        return SourceOpenError(f"{uri}: no such file; check the path", SourceOutcome.MISSING, uri)
+    if path.is_dir():
+        return SourceOpenError(f"{uri} is a directory; pass a video file", SourceOutcome.NOT_VIDEO, uri)
+    if path.stat().st_size == 0:
+        return SourceOpenError(f"{uri} is empty (0 bytes); was the download or copy complete?",
+                               SourceOutcome.EMPTY, uri)
+    if not os.access(path, os.R_OK):
+        return SourceOpenError(f"{uri} is not readable; check its permissions", SourceOutcome.MISSING, uri)
+    return None
+
+
 def _duration_s(container: av.container.InputContainer, stream: av.stream.Stream) -> float | None:
     """What the media says its duration is (None: it does not say, as a live stream)."""
     if stream.duration and stream.time_base:
@@ -129,17 +144,9 @@ class PyAVSource:
         return self._info
 
     def _check_file(self) -> None:
-        path = Path(self.uri)
-        if not path.exists():
-            raise SourceOpenError(f"{self.uri}: no such file; check the path", SourceOutcome.MISSING, self.uri)
-        if path.is_dir():
-            raise SourceOpenError(f"{self.uri} is a directory; pass a video file", SourceOutcome.NOT_VIDEO, self.uri)
-        if path.stat().st_size == 0:
-            raise SourceOpenError(f"{self.uri} is empty (0 bytes); was the download or copy complete?",
-                                  SourceOutcome.EMPTY, self.uri)
-        if not os.access(path, os.R_OK):
-            raise SourceOpenError(f"{self.uri} is not readable; check its permissions", SourceOutcome.MISSING,
-                                  self.uri)
+        problem = local_file_problem(self.uri)
+        if problem is not None:
+            raise problem
 
     def _open_error(self, exc: Exception, timed_out: bool) -> SourceOpenError:
         what = f"{self.uri}: {type(exc).__name__}: {exc}"

@@ -1,0 +1,110 @@
+"""Checks made before anything heavy loads: argument ranges at parse time, then a preflight of what a
+command will need (output paths, stream names, the port, the input file), so that a user's mistake is
+one clear line and exit 2 (or 4 for an input that is not there) within a second, not after the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import math
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from affectstream.errors import ConfigError
+
+
+def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           integer: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number within [low, high] (``low_open``: above low), the range in
+    the message when it is not."""
+    def parse(text: str) -> float:
+        try:
+            value: float = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if integer else 'a number'}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and value > high
+        if too_low or too_high:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {_describe(low, high, low_open)}")
+        return value
+
+    parse.__name__ = "integer" if integer else "number"  # argparse names the type in its messages
+    return parse
+
+
+def _describe(low: float | None, high: float | None, low_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"use a value {'>' if low_open else '>='} {low:g} and <= {high:g}"
+    if low is not None:
+        return f"use a value {'>' if low_open else '>='} {low:g}"
+    return f"use a value <= {high:g}"
+
+
+POSITIVE = number(0, low_open=True)
+NON_NEGATIVE = number(0)
+PROBABILITY = number(0, 1)
+COUNT = number(1, integer=True)
+PORT = number(0, 65535, integer=True)
+
+
+def writable_file(path: str, what: str) -> Path:
+    """``path`` can be written: its directory exists and is writable (nothing is created here)."""
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"{what} {path}: the directory {parent} does not exist; create it or pick another path")
+    if target.is_dir():
+        raise ConfigError(f"{what} {path} is a directory; give a file name")
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ConfigError(f"{what} {path}: not writable here; pick another path")
+    return target
+
+
+def unique_names(sources: list[tuple[str, str]]) -> None:
+    names = [name for name, _ in sources]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"stream name(s) {', '.join(repeated)} given twice: name each source once (NAME=SOURCE)")
+
+
+def port_free(host: str, port: int) -> None:
+    """The websocket port can be bound now (0: any free port), else a usage error naming --port 0."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # The server binds with SO_REUSEADDR too: a port in TIME_WAIT is free for it.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is in use: stop what uses it, pick another --port, "
+                                  "or --port 0 for any free one") from None
+            raise ConfigError(f"cannot listen on {host}:{port} ({error.strerror}): check --host") from None
+
+
+def preflight_run(args: argparse.Namespace, sources: list[tuple[str, str]]) -> None:
+    unique_names(sources)
+    if args.out:
+        writable_file(args.out, "--out")
+    if args.show:
+        from affectstream.stream.overlay import gui_available
+
+        if not gui_available():
+            from affectstream.errors import MissingExtraError
+
+            raise MissingExtraError("opencv-python", "gui", "--show (an OpenCV window)")
+    if not args.no_serve:
+        port_free(args.host, args.port)
+
+
+def preflight_analyze(args: argparse.Namespace, summary: Path) -> None:
+    writable_file(str(summary), "--summary")
+    if args.out:
+        writable_file(args.out, "--out")

@@ -1,0 +1,59 @@
+"""A user's mistakes are caught before anything heavy loads: one line, the documented exit status, and
+no output file written (issue 12: checked arguments, early checks, honest exit statuses)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from affectstream.errors import ExitStatus
+from tests.timeouts import scaled
+
+# (arguments, exit status, a part of the message). "{tmp}" is the test's directory; "{port}" a port in use.
+CASES = [
+    (["run", "x.mp4", "--rate", "-1"], ExitStatus.USAGE, "--rate: -1 is out of range: use a value >= 0"),
+    (["run", "x.mp4", "--rate", "nan"], ExitStatus.USAGE, "is not a finite number"),
+    (["run", "x.mp4", "--duration", "-5"], ExitStatus.USAGE, "--duration: -5 is out of range: use a value > 0"),
+    (["run", "x.mp4", "--stats-interval", "0"], ExitStatus.USAGE, "use a value > 0"),
+    (["run", "x.mp4", "--max-batch", "0"], ExitStatus.USAGE, "--max-batch: 0 is out of range"),
+    (["run", "x.mp4", "--port", "70000"], ExitStatus.USAGE, "use a value >= 0 and <= 65535"),
+    (["run", "x.mp4", "--onset", "1.5"], ExitStatus.USAGE, "--onset: 1.5 is out of range"),
+    (["analyze", "x.mp4", "--top", "-1"], ExitStatus.USAGE, "--top: -1 is out of range"),
+    (["run", "a=x.mp4", "a=y.mp4", "--no-serve"], ExitStatus.USAGE, "stream name(s) a given twice"),
+    (["run", "x.mp4", "--no-serve", "--out", "{tmp}/no/such/dir/x.jsonl"], ExitStatus.USAGE,
+     "the directory {tmp}/no/such/dir does not exist"),
+    (["analyze", "x.mp4", "--summary", "{tmp}/no/such/dir/x.json"], ExitStatus.USAGE,
+     "the directory {tmp}/no/such/dir does not exist"),
+    (["run", "x.mp4", "--port", "{port}"], ExitStatus.USAGE, "is in use: stop what uses it, pick another --port, or --port 0"),
+    (["analyze", "{tmp}/nope.mp4"], ExitStatus.NOTHING, "nope.mp4: no such file; check the path"),
+    (["listen", "ws://127.0.0.1:9/ws", "--no-reconnect", "--count", "1"], ExitStatus.NOTHING, "refused"),
+]
+
+
+@pytest.fixture()
+def busy_port() -> Iterator[int]:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+@pytest.mark.parametrize(("argv", "status", "message"), CASES, ids=[" ".join(c[0][:3]) + f" {i}" for i, c in enumerate(CASES)])
+def test_mistakes_are_caught_early(argv: list[str], status: ExitStatus, message: str, tmp_path: Path,
+                                   busy_port: int) -> None:
+    fill = {"tmp": str(tmp_path), "port": str(busy_port)}
+    argv = [part.format(**fill) for part in argv]
+    before = sorted(tmp_path.rglob("*"))
+    done = subprocess.run([sys.executable, "-m", "affectstream", *argv], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=scaled(60))
+    assert done.returncode == status, done.stderr
+    assert message.format(**fill) in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    # Nothing heavy ran: no model was loaded, and no output file was written or directory made.
+    assert "expression model" not in done.stderr and "encoder backend" not in done.stderr, done.stderr
+    assert sorted(tmp_path.rglob("*")) == before
