@@ -86,7 +86,8 @@ class SourceOutcome(str, enum.Enum):
     OPEN_TIMEOUT = "open_timeout"  # a live source did not open in time
     READ_TIMEOUT = "read_timeout"  # a live source stopped delivering frames
     CONNECTION_LOST = "connection_lost"  # a live source failed after reconnect attempts ran out
-    DEVICE_UNAVAILABLE = "device_unavailable"  # a webcam index/path that cannot be opened
+    DEVICE_UNAVAILABLE = "device_unavailable"  # a webcam that exists but cannot be opened (busy, permissions)
+    NO_SUCH_DEVICE = "no_such_device"  # a webcam index/path whose device node does not exist: fails at once
     STOPPED = "stopped"  # stopped on request (Ctrl-C, API)
 
 

@@ -28,7 +28,8 @@ log = logging.getLogger("affectstream")
 # Outcomes after which nothing at all was read from a source.
 _NOTHING_READ = {
     SourceOutcome.MISSING, SourceOutcome.EMPTY, SourceOutcome.NOT_VIDEO, SourceOutcome.NO_VIDEO_TRACK,
-    SourceOutcome.OPEN_TIMEOUT, SourceOutcome.DEVICE_UNAVAILABLE,
+    SourceOutcome.OPEN_TIMEOUT, SourceOutcome.DEVICE_UNAVAILABLE, SourceOutcome.NO_SUCH_DEVICE,
+    SourceOutcome.CONNECTION_LOST,
 }
 
 
@@ -66,7 +67,8 @@ def pipeline_config(args: argparse.Namespace, pace_files: bool, engine: Engine) 
         batch=BatchConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),
         analytics=AnalyticsConfig(windows_s=parse_windows(args.windows), onset_threshold=onset,
                                   offset_threshold=offset),
-        source=SourceConfig(open_timeout_s=args.open_timeout, read_timeout_s=args.read_timeout),
+        source=SourceConfig(open_timeout_s=args.open_timeout, read_timeout_s=args.read_timeout,
+                            open_retries=None if args.open_retries < 0 else int(args.open_retries)),
         faces=FaceConfig(uncertain_below=args.uncertain_below),
         clip_input=_clip_input(args, engine),
         stats_interval_s=args.stats_interval,

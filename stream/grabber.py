@@ -101,6 +101,7 @@ class Grabber:
         self._frames_read = 0
         self._frames_since_open = 0
         self._last_pts: float | None = None  # media time of the last frame put, shifted (see _shift)
+        self._ever_ran = False  # a source of this stream has opened at least once
         self._pts_shift: tuple[float, float | None] | None = None  # (restart ts, first pts of this connection)
         self._thread: threading.Thread | None = None
 
@@ -164,15 +165,31 @@ class Grabber:
             if self._frames_since_open:
                 attempt = 0  # it worked for a while: start the backoff afresh
             attempt += 1
-            limit = self._config.max_reconnect_attempts
-            if limit is not None and attempt > limit:
-                self._finish(SourceState.FAILED, SourceOutcome.CONNECTION_LOST,
-                             f"gave up after {limit} reconnect attempts; last error: {failure}")
+            if self._gave_up(failure, attempt):
                 return
             self._move(SourceState.RECONNECTING, outcome=failure.outcome, detail=str(failure), attempt=attempt)
             delay = self._config.backoff_s(attempt)
             log.info("%s: reconnecting in %.1f s (attempt %d): %s", self.stream_id, delay, attempt, failure)
             self._sleep(delay)
+
+    def _gave_up(self, failure: SourceError, attempt: int) -> bool:
+        """Out of attempts: a source never up after ``open_retries``, or any after ``max_reconnect_attempts``;
+        a camera device that does not exist at all fails at once."""
+        never_up = self._last_pts is None and not self._ever_ran
+        if never_up and failure.outcome is SourceOutcome.NO_SUCH_DEVICE:
+            self._finish(SourceState.FAILED, failure.outcome, str(failure))
+            return True
+        retries = self._config.open_retries
+        if never_up and retries is not None and attempt > retries:
+            self._finish(SourceState.FAILED, failure.outcome,
+                         f"never connected: gave up after {retries} retries (--open-retries); last error: {failure}")
+            return True
+        limit = self._config.max_reconnect_attempts
+        if limit is not None and attempt > limit:
+            self._finish(SourceState.FAILED, SourceOutcome.CONNECTION_LOST,
+                         f"gave up after {limit} reconnect attempts; last error: {failure}")
+            return True
+        return False
 
     def _run_source(self, source: Source) -> SourceError | None:
         """Open and read ``source``; the error to reconnect on (live), or None when the stream is over."""
@@ -184,6 +201,7 @@ class Grabber:
                 return exc
             self._finish(SourceState.FAILED, exc.outcome, str(exc))
             return None
+        self._ever_ran = True
         self._ring.set_mode(*self._modes.mode(info.is_live))
         restart_ts = self._restart_ts(info)
         self._move(SourceState.RUNNING, detail=info.describe(), info=info, restart_ts=restart_ts)

@@ -47,6 +47,9 @@ class SourceConfig:
     reconnect_max_s: float = 8.0
     reconnect_factor: float = 2.0
     max_reconnect_attempts: int | None = None  # None: a live source retries forever
+    # A live source that has never connected gives up after this many failed opens (None: forever);
+    # one that was up and went away keeps reconnecting (max_reconnect_attempts).
+    open_retries: int | None = 5
     rtsp_transport: str = "tcp"  # "tcp" survives lossy networks and NAT; "udp" has less latency
     max_plausible_fps: float = 240.0  # a header claiming more than this is treated as absent
     live_probe_s: float = 1.0  # how much of a live stream FFmpeg may analyse before the first frame
@@ -64,12 +67,11 @@ class SourceConfig:
             )
         if not isinstance(self.reconnect_factor, (int, float)) or self.reconnect_factor < 1:
             raise ConfigError(f"SourceConfig.reconnect_factor must be >= 1, got {self.reconnect_factor!r}")
-        attempts = self.max_reconnect_attempts
-        if attempts is not None and (isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0):
-            raise ConfigError(
-                f"SourceConfig.max_reconnect_attempts must be a non-negative integer or None (forever), "
-                f"got {attempts!r}"
-            )
+        for name in ("max_reconnect_attempts", "open_retries"):
+            attempts = getattr(self, name)
+            if attempts is not None and (isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0):
+                raise ConfigError(f"SourceConfig.{name} must be a non-negative integer or None (forever), "
+                                  f"got {attempts!r}")
         if self.rtsp_transport not in ("tcp", "udp", "udp_multicast", "http", "https"):
             raise ConfigError(f"SourceConfig.rtsp_transport must be tcp, udp, udp_multicast, http or https, "
                               f"got {self.rtsp_transport!r}")

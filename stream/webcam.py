@@ -36,9 +36,10 @@ class WebcamSource:
         import cv2
 
         device: int | str = int(self.uri) if self.uri.strip().isdigit() else self.uri
-        if isinstance(device, str) and not Path(device).exists():
-            raise SourceOpenError(f"camera {self.uri} does not exist; list cameras with `v4l2-ctl --list-devices`",
-                                  SourceOutcome.DEVICE_UNAVAILABLE, self.uri)
+        node = Path(f"/dev/video{device}") if isinstance(device, int) else Path(device)
+        if not node.exists():
+            raise SourceOpenError(f"camera {self.uri} does not exist ({node} is missing); list cameras with "
+                                  "`v4l2-ctl --list-devices`", SourceOutcome.NO_SUCH_DEVICE, self.uri)
         capture = cv2.VideoCapture(device, cv2.CAP_V4L2)
         if not capture.isOpened():
             capture.release()

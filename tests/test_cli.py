@@ -116,6 +116,18 @@ def test_a_camera_that_never_answers_exits_4_when_stopped(tmp_path: Path) -> Non
     assert "stream_reconnecting" in kinds and "stream_started" not in kinds
 
 
+def test_a_camera_that_never_answers_gives_up_after_open_retries(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on: every connection is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = affectstream("run", f"rtsp://127.0.0.1:{port}/cam", "--model", "tiny-random", "--faces", "off",
+                          "--no-serve", "--open-retries", "1", "--open-timeout", "2", cwd=tmp_path, timeout=60)
+    assert result.returncode == 4, result.stderr
+    events = [m for m in map(json.loads, result.stdout.splitlines()) if m["type"] == "event"]
+    assert [m["kind"] for m in events] == ["stream_reconnecting", "stream_error"]
+    assert "never connected: gave up after 1 retries" in events[-1]["detail"]
+
+
 def test_unknown_model_is_a_usage_error(short_video: Path, tmp_path: Path) -> None:
     result = affectstream("analyze", str(short_video), "--model", "no-such-model", cwd=tmp_path)
     assert result.returncode == 2

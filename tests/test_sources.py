@@ -97,10 +97,60 @@ def test_read_before_open_is_a_usage_error(videos: dict[str, Path]) -> None:
         open_source(str(videos["plain"]), "s", FAST).read()
 
 
-def test_missing_camera_is_device_unavailable() -> None:
-    with pytest.raises(SourceOpenError) as caught:
-        WebcamSource("/dev/video987", "cam", FAST).open()
-    assert caught.value.outcome is SourceOutcome.DEVICE_UNAVAILABLE
+def test_missing_camera_is_no_such_device() -> None:
+    for uri in ("/dev/video987", "987"):
+        with pytest.raises(SourceOpenError) as caught:
+            WebcamSource(uri, "cam", FAST).open()
+        assert caught.value.outcome is SourceOutcome.NO_SUCH_DEVICE
+
+
+def test_a_camera_that_does_not_exist_fails_at_once() -> None:
+    """No reconnecting for a device node that is not there: one FAILED event, within a second."""
+    ring = RingBuffer(4, OverflowPolicy.DROP_OLDEST)
+    recorder = EventRecorder()
+    grabber = Grabber("cam", lambda: WebcamSource("/dev/video987", "cam", FAST), ring, recorder, FAST)
+    started = time.monotonic()
+    grabber.start()
+    assert grabber.join(scaled(5))
+    assert time.monotonic() - started < scaled(2)
+    assert recorder.states() == [SourceState.OPENING, SourceState.FAILED]
+    assert recorder.events[-1].outcome is SourceOutcome.NO_SUCH_DEVICE
+
+
+class NeverAnswers:
+    """A live source whose every open fails (an RTSP host that is down)."""
+
+    stream_id, uri, is_live = "cam", "rtsp://127.0.0.1:9/none", True
+    damage = SourceDamage()
+
+    def open(self) -> SourceInfo:
+        raise SourceOpenError("rtsp://127.0.0.1:9/none: connection refused", SourceOutcome.CONNECTION_LOST, self.uri)
+
+    def read(self) -> VideoFrame | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_live_source_that_never_connects_gives_up_after_open_retries() -> None:
+    config = SourceConfig(reconnect_initial_s=0.01, reconnect_max_s=0.01, open_retries=3)
+    ring = RingBuffer(4, OverflowPolicy.DROP_OLDEST)
+    recorder = EventRecorder()
+    grabber = Grabber("cam", NeverAnswers, ring, recorder, config)
+    grabber.start()
+    assert grabber.join(scaled(10))
+    states = recorder.states()
+    assert states.count(SourceState.RECONNECTING) == 3 and states[-1] is SourceState.FAILED
+    assert "never connected: gave up after 3 retries" in recorder.events[-1].detail
+    forever = SourceConfig(reconnect_initial_s=0.01, reconnect_max_s=0.01, open_retries=None)
+    stop = threading.Event()
+    endless = Grabber("cam", NeverAnswers, RingBuffer(4, OverflowPolicy.DROP_OLDEST), EventRecorder(), forever,
+                      stop_event=stop)
+    endless.start()
+    assert not endless.join(0.5)  # still retrying (open_retries=None: for ever)
+    stop.set()
+    assert endless.join(scaled(5))
 
 
 # -- reading files ------------------------------------------------------------------------------------
