@@ -14,14 +14,24 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from affectstream._version import __version__
 from affectstream.checks import COUNT, NON_NEGATIVE, PORT, POSITIVE, PROBABILITY, number
 from affectstream.engine.interfaces import HeadKind
 from affectstream.engine.precisions import PRECISIONS, Backend
-from affectstream.errors import AffectstreamError, ConfigError, ExitStatus, MissingExtraError, ModelError
+from affectstream.errors import (
+    AffectstreamError,
+    ConfigError,
+    ExitStatus,
+    MissingExtraError,
+    ModelError,
+    Terminated,
+    interrupted_status,
+)
 
 log = logging.getLogger("affectstream")
 
@@ -181,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (docs/benchmarks.md). torch is not imported yet, so this still takes effect; a user's own
     # setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _install_sigterm()
     handlers: dict[str, Callable[[argparse.Namespace, dict[str, str]], int]] = {
         "run": _run,
         "analyze": _analyze,
@@ -196,15 +207,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args, environment)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         log.warning("interrupted")
-        return ExitStatus.INTERRUPTED
+        return interrupted_status(interrupt)
+    except BrokenPipeError:
+        # The reader went away (`affectstream bundle inspect | head`): nothing to say, nothing to retry.
+        _silence_stdout()
+        return ExitStatus.OK
     except (ConfigError, MissingExtraError, ModelError) as error:
         log.error("%s", error)
         return ExitStatus.USAGE
     except AffectstreamError as error:
         log.error("%s", error)
         return ExitStatus.BUG
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _install_sigterm() -> None:
+    # SIGTERM (systemd, docker stop) stops every command as Ctrl-C does: it finishes what is in
+    # flight, writes what is done, and exits 143 (130 for Ctrl-C) where the command was cut short.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _silence_stdout() -> None:
+    from affectstream.stream.sinks import silence_stdout
+
+    silence_stdout()
 
 
 def _run(args: argparse.Namespace, environment: dict[str, str]) -> int:

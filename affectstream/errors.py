@@ -36,6 +36,14 @@ class ExitStatus(enum.IntEnum):
     TERMINATED = 143  # stopped by SIGTERM before the end
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd, docker stop): handled like Ctrl-C by every command, exit status 143."""
+
+
+def interrupted_status(interrupt: KeyboardInterrupt) -> ExitStatus:
+    return ExitStatus.TERMINATED if isinstance(interrupt, Terminated) else ExitStatus.INTERRUPTED
+
+
 class AffectstreamError(Exception):
     """Base class of every error raised on purpose by affectstream."""
 

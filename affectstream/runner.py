@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import threading
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from affectstream.engine.runtime import Engine, EngineChoice, load_engine
-from affectstream.errors import ConfigError, ExitStatus, SourceOutcome
+from affectstream.errors import ConfigError, ExitStatus, SourceOutcome, interrupted_status
 from affectstream.stream.batcher import BatchConfig
 from affectstream.stream.face_session import FaceConfig
 from affectstream.stream.messages import StreamRecord
@@ -119,16 +118,6 @@ def exit_status(outcomes: Mapping[str, StreamOutcome]) -> int:
     return ExitStatus.OK if statuses == {ExitStatus.OK} else ExitStatus.PARTIAL
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _install_sigterm() -> None:
-    # SIGTERM (systemd, docker stop) shuts down like Ctrl-C: flush and exit cleanly.
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-
-
 def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
     from affectstream.checks import preflight_run
 
@@ -162,7 +151,6 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
         overlay = OverlayWindow(engine.labels)
         pipeline.on_frame = overlay.on_frame
         pipeline.on_record = overlay.on_record
-    _install_sigterm()
     pipeline.start()
     interrupted = False
     try:
@@ -221,7 +209,8 @@ def analyze_command(args: argparse.Namespace) -> int:
     config = pipeline_config(args, pace_files=False, engine=engine)
     memory = MemorySink()
     started = time.monotonic()
-    interrupted, outcome = _analyze_pass(uri, config, engine, recorder or engine.head, memory)
+    interrupt, outcome = _analyze_pass(uri, config, engine, recorder or engine.head, memory)
+    interrupted = interrupt is not None
     records = [record for record in memory.messages if isinstance(record, StreamRecord)]
     if recorder is not None:
         records = _rescore_whole_file(records, recorder, engine, config.analytics)
@@ -238,10 +227,12 @@ def analyze_command(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = report.to_dict(source={"path": uri, "model": engine.model_info},
                                                damage=_damage_of(outcome))
     summary["processing"] = {"seconds": round(time.monotonic() - started, 3), "interrupted": interrupted}
+    if interrupted:
+        summary["partial"] = True  # what was read before the signal; the rest of the file was not
     out.write_text(json.dumps(summary, indent=2, allow_nan=False))
     status = stream_status(outcome)
     _print_summary(summary, out, status)
-    return ExitStatus.INTERRUPTED if interrupted else status
+    return interrupted_status(interrupt) if interrupt is not None else status
 
 
 def _input_name(uri: str) -> str:
@@ -255,20 +246,22 @@ def _input_name(uri: str) -> str:
 
 
 def _analyze_pass(uri: str, config: PipelineConfig, engine: Engine, head: Any,
-                  sink: Sink) -> tuple[bool, StreamOutcome]:
-    """Run the file through the pipeline as fast as possible; (cut short by Ctrl-C, how it went)."""
+                  sink: Sink) -> tuple[KeyboardInterrupt | None, StreamOutcome]:
+    """Run the file through the pipeline as fast as possible; (the Ctrl-C or SIGTERM that cut it
+    short, if one did; how it went)."""
     pipeline = Pipeline([("file", uri)], engine.encoder, head, sink, engine.labels, config, faces=engine.faces)
     pipeline.start()
-    interrupted = False
+    interrupt: KeyboardInterrupt | None = None
     try:
         while not pipeline.wait(0.2):
             pass
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as caught:
+        interrupt = caught
+        log.info("stopping: the summary of what was read is written (marked partial)")
     finally:
         pipeline.stop()
         sink.close()
-    return interrupted, pipeline.outcomes["file"]
+    return interrupt, pipeline.outcomes["file"]
 
 
 def _rescore_whole_file(records: list[StreamRecord], recorder: Any, engine: Engine,

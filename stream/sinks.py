@@ -123,7 +123,7 @@ class JsonlSink:
         if _is_broken_pipe(error):
             log.info("%s: the reader went away (broken pipe); no more messages are written there", self.name)
             if self._is_stdout:
-                _silence_stdout()
+                silence_stdout()
         else:
             log.warning("%s: cannot write messages any more (%s); this output is closed", self.name, error)
         self._close_owned()
@@ -241,7 +241,7 @@ def _is_broken_pipe(error: Exception) -> bool:
     )
 
 
-def _silence_stdout() -> None:
+def silence_stdout() -> None:
     """Point fd 1 at /dev/null so the interpreter's final stdout flush does not fail again.
 
     Python's documented way to exit quietly after a broken pipe (see the ``signal`` module docs,
