@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from affectstream._version import __version__
 from affectstream.checks import COUNT, NON_NEGATIVE, PORT, POSITIVE, PROBABILITY, number
@@ -107,10 +108,28 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-connections", type=COUNT, default=256)
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Shows each option's default, unless its help already says it or there is none (None, off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        quiet = action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings
+        return text if quiet else f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every command's --help shows each option's default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="affectstream", description="Real-time emotion analysis for video.")
     parser.add_argument("--version", action="version", version=f"affectstream {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = cast("argparse._SubParsersAction[argparse.ArgumentParser]",
+                    parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser))
 
     run = commands.add_parser("run", help="analyse live sources and files; stream messages as JSON Lines "
                               "and over a websocket")
@@ -120,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fast", action="store_true", help="read files as fast as possible instead of in real time")
     run.add_argument("--show", action="store_true", help="draw live overlays in an OpenCV window")
     run.add_argument("--quiet", action="store_true", help="do not print messages on stdout")
+    run.add_argument("--jsonl", action="store_true",
+                     help="JSON Lines on stdout even on a terminal (through a pipe they always are)")
     run.add_argument("--duration", type=POSITIVE, default=None, metavar="S", help="stop after S seconds")
     _add_model_options(run)
     _add_pipeline_options(run)
@@ -130,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--summary", default=None, metavar="FILE.json",
                          help="where the summary goes (default: FILE.affect.json beside the current dir)")
     analyze.add_argument("--top", type=number(0, integer=True), default=5, help="top moments kept per emotion")
+    analyze.add_argument("--force", action="store_true",
+                         help="replace an earlier NAME.affect.json (default: write NAME.affect-N.json beside it)")
+    analyze.add_argument("--json", action="store_true",
+                         help="print the summary on stdout even on a terminal (it always is through a pipe)")
     _add_model_options(analyze)
     _add_pipeline_options(analyze)
 

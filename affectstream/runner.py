@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import sys
@@ -127,7 +128,8 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
     config = pipeline_config(args, pace_files=not args.fast, engine=engine)
     sinks: list[Sink] = []
     if not args.quiet:
-        sinks.append(JsonlSink.to_stdout())
+        # A person at a terminal reads lines; a program at the other end of a pipe gets JSON Lines.
+        sinks.append(JsonlSink.to_stdout(readable=sys.stdout.isatty() and not args.jsonl))
     if args.out:
         sinks.append(JsonlSink.to_path(Path(args.out), line_flush=True))
     server = None
@@ -194,7 +196,7 @@ def analyze_command(args: argparse.Namespace) -> int:
     from affectstream.stream.report import FileReport
 
     uri = args.file.strip()
-    out = Path(args.summary) if args.summary else Path(_input_name(uri) + ".affect.json")
+    out = summary_path(args.summary, _input_name(uri), args.force)
     preflight_analyze(args, out)
     problem = local_file_problem(uri) if classify_uri(uri) is SourceKind.FILE else None
     if problem is not None:  # nothing to analyse: said at once, and no summary is written
@@ -232,7 +234,27 @@ def analyze_command(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(summary, indent=2, allow_nan=False))
     status = stream_status(outcome)
     _print_summary(summary, out, status)
+    if args.json or not sys.stdout.isatty():
+        print(json.dumps(summary, indent=2, allow_nan=False))  # the result, for `analyze x.mp4 | jq`
     return interrupted_status(interrupt) if interrupt is not None else status
+
+
+def summary_path(given: str | None, name: str, force: bool) -> Path:
+    """Where the summary goes: ``--summary``, else NAME.affect.json in the current directory; an earlier
+    summary there is never replaced silently: without ``--force`` the next free NAME.affect-N.json."""
+    if given:
+        if Path(given).exists():
+            print(f"replacing {given}", file=sys.stderr)
+        return Path(given)
+    path = Path(name + ".affect.json")
+    if force or not path.exists():
+        return path
+    for n in itertools.count(1):
+        candidate = Path(f"{name}.affect-{n}.json")
+        if not candidate.exists():
+            print(f"{path} exists: writing {candidate} instead (--force replaces it)", file=sys.stderr)
+            return candidate
+    raise AssertionError("unreachable")
 
 
 def _input_name(uri: str) -> str:

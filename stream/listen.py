@@ -15,12 +15,12 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import IO, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from affectstream.errors import ExitStatus, MissingExtraError
 from affectstream.stream.messages import Wire
+from affectstream.stream.readable import format_message
 
 log = logging.getLogger(__name__)
 
@@ -178,32 +178,6 @@ class Listener:
         self.out.flush()
         self.printed += 1
         return self.options.count is not None and self.printed >= self.options.count
-
-
-def format_message(message: Wire) -> str:
-    """One readable line: time, stream, type, and the message's gist."""
-    wall = message.get("wall")
-    when = datetime.fromtimestamp(wall / 1000).strftime("%H:%M:%S.%f")[:-3] if isinstance(wall, int) else "--"
-    kind = message.get("type")
-    head = f"{when} {message.get('stream', '-'):<10} {kind:<8}"
-    if kind == "estimate":
-        scores = message.get("scores") or {}
-        top = sorted(scores.items(), key=lambda item: -item[1])[:3]
-        gist = " ".join(f"{label}={value:.2f}" for label, value in top)
-        return f"{head} {gist} sentiment={message.get('sentiment', 0):+.2f}"
-    if kind == "event":
-        value = message.get("value")
-        shown = f" {value:.2f}" if isinstance(value, (int, float)) else ""
-        return f"{head} {message.get('kind')} {message.get('label') or ''}{shown}".rstrip()
-    if kind == "summary":
-        return f"{head} window={message.get('window_s')}s dominant={message.get('dominant')}"
-    if kind == "stats":
-        latency = message.get("latency_ms") or {}
-        return (f"{head} input={message.get('input_fps')}fps sampled={message.get('sampled_fps')}fps "
-                f"drops={message.get('drops')} p50={latency.get('p50')}ms p99={latency.get('p99')}ms")
-    if kind == "hello":
-        return f"{head} {message.get('server')} streams={','.join(message.get('streams') or [])}"
-    return f"{head} {json.dumps(message)}"
 
 
 def _split(value: str | None) -> list[str] | None:

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
 
@@ -40,7 +40,7 @@ class JsonlSink:
     """
 
     def __init__(self, stream: IO[str] | str | os.PathLike[str], line_flush: bool | None = None,
-                 append: bool = False) -> None:
+                 append: bool = False, render: Callable[[Record], str] | None = None) -> None:
         if isinstance(stream, (str, os.PathLike)):
             path = Path(stream)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +52,7 @@ class JsonlSink:
             self._owns_stream = False
             self.name = getattr(stream, "name", repr(stream))
         self._line_flush = _is_tty(self._stream) if line_flush is None else line_flush
+        self._render = render or _wire_text
         self._is_stdout = False
         self._lock = threading.Lock()
         self._closed = False
@@ -64,9 +65,10 @@ class JsonlSink:
         return cls(path, line_flush=line_flush, append=append)
 
     @classmethod
-    def to_stdout(cls) -> JsonlSink:
-        """Lines on stdout, each flushed at once (for live piping into jq, another program...)."""
-        sink = cls(sys.stdout, line_flush=True)
+    def to_stdout(cls, readable: bool = False) -> JsonlSink:
+        """Lines on stdout, each flushed at once (for live piping into jq, another program...);
+        ``readable``: one line a person reads (stream/readable.py) instead of JSON."""
+        sink = cls(sys.stdout, line_flush=True, render=_readable_text if readable else None)
         sink._is_stdout = True
         return sink
 
@@ -77,7 +79,7 @@ class JsonlSink:
 
     def write(self, message: Record) -> None:
         try:
-            line = message.text
+            line = self._render(message)
         except (TypeError, ValueError) as error:
             # One malformed message must not end the output: leave it out and say so.
             with self._lock:
@@ -134,6 +136,16 @@ class JsonlSink:
                 self._stream.close()
             except OSError:
                 pass
+
+
+def _wire_text(message: Record) -> str:
+    return message.text
+
+
+def _readable_text(message: Record) -> str:
+    from affectstream.stream.readable import format_message
+
+    return format_message(message.to_wire())
 
 
 class MemorySink:

@@ -3,6 +3,7 @@ no output file written (issue 12: checked arguments, early checks, honest exit s
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -57,3 +58,30 @@ def test_mistakes_are_caught_early(argv: list[str], status: ExitStatus, message:
     # Nothing heavy ran: no model was loaded, and no output file was written or directory made.
     assert "expression model" not in done.stderr and "encoder backend" not in done.stderr, done.stderr
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_summary_is_never_replaced_silently(short_video: Path, tmp_path: Path) -> None:
+    def analyze(*options: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "affectstream", "analyze", str(short_video), "--model",
+                               "tiny-random", "--faces", "off", *options], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=scaled(120))
+
+    first = analyze()
+    assert first.returncode == 0, first.stderr
+    default = tmp_path / f"{short_video.name}.affect.json"
+    written = default.read_text()
+    # Through a pipe the summary is on stdout too (for `analyze x.mp4 | jq`).
+    assert json.loads(first.stdout)["frames"] == json.loads(written)["frames"]
+    second = analyze()
+    assert second.returncode == 0 and default.read_text() == written
+    assert "writing" in second.stderr and (tmp_path / f"{short_video.name}.affect-1.json").is_file()
+    default.write_text("{}")
+    assert analyze("--force").returncode == 0 and json.loads(default.read_text())["frames"] > 0
+
+
+def test_help_shows_the_defaults() -> None:
+    done = subprocess.run([sys.executable, "-m", "affectstream", "run", "--help"], capture_output=True, text=True,
+                          timeout=scaled(30))
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "(default: 16)" in text and "(default: 8765)" in text and "(default: None)" not in text
