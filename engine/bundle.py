@@ -205,8 +205,9 @@ def inside(bundle_path: Path, relative: str) -> Path:
 
 def read_manifest(path: Path) -> dict[str, Any]:
     if not path.is_dir():
-        raise BundleError(f"no model bundle at {path}: create one with `affectstream bundle create --out "
-                          f"{path}` or train one with `affectstream train`")
+        raise BundleError(f"no model bundle at {path}: create one with `affectstream bundle create {path} "
+                          "--model MODEL` or train one with `affectstream train FEATURES --out "
+                          f"{path}`")
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"{path} has no {MANIFEST}, so it is not a model bundle (or an incomplete copy): "

@@ -162,8 +162,9 @@ class LstmHead:
 
     def __init__(self, module: TemporalLSTM, device: str = "cpu") -> None:
         if module.config.bidirectional:
-            raise ConfigError("a bidirectional temporal model cannot run on live streams: "
-                              "use --head zero-shot or a unidirectional bundle")
+            raise ConfigError("a bidirectional temporal model reads whole files, not a stream as it comes: "
+                              "`affectstream analyze FILE --bundle ...` runs it; `run` needs --head zero-shot "
+                              "or a bundle trained without --bidirectional")
         self.device = torch.device(device)
         self.module = module.to(self.device).eval()
         self.embed_dim = module.config.input_dim

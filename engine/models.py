@@ -212,6 +212,17 @@ def _existing_weights(path_text: str) -> Path:
     return path.resolve()
 
 
+def _first_line(error: Exception) -> str:
+    """What went wrong, in one line: torch's unpickling errors run to a page of advice."""
+    import pickle
+
+    if isinstance(error, pickle.UnpicklingError):
+        return "it is not a PyTorch weights file: it cannot be unpickled"
+    text = str(error).strip().splitlines()
+    first = text[0] if text else type(error).__name__
+    return f"{type(error).__name__}: {first[:160]}"
+
+
 def clip_weights_reachable(spec: ModelSpec) -> str | None:
     """None when ``spec``'s weights can be had now (random, a file, cached, or a hub that resolves);
     otherwise why not, at once (no download is tried)."""
@@ -303,7 +314,7 @@ def _create_from_file(spec: ModelSpec, weights: Path) -> Any:
         # A user's file can fail in many ways (safetensors header, pickle, zip, key mismatch), each
         # with its own exception type; all mean the same to the caller.
         raise ModelError(
-            f"cannot load {weights} into open_clip {spec.arch} ({error}): is it a weights "
+            f"cannot load {weights} into open_clip {spec.arch} ({_first_line(error)}): is it a weights "
             "file for that architecture? Name the architecture with --model ARCH:/path"
         ) from error
 

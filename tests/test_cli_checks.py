@@ -33,6 +33,8 @@ CASES = [
     (["run", "x.mp4", "--port", "{port}"], ExitStatus.USAGE, "is in use: stop what uses it, pick another --port, or --port 0"),
     (["analyze", "{tmp}/nope.mp4"], ExitStatus.NOTHING, "nope.mp4: no such file; check the path"),
     (["listen", "ws://127.0.0.1:9/ws", "--no-reconnect", "--count", "1"], ExitStatus.NOTHING, "refused"),
+    (["analyze", "{tmp}/x.mp4", "--bundle", "{tmp}/nobundle", "--faces", "off"], ExitStatus.NOTHING,
+     "no such file"),
 ]
 
 
