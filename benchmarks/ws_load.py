@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,37 +63,14 @@ def rss_mb() -> float:
 
 
 def timed_records() -> tuple[Any, Any, Any, Any]:
-    """The protocol's records with ``t_pub_ns`` added, last on the wire (the clients look for it there)."""
-    from dataclasses import dataclass
+    """The protocol's records with ``t_pub_ns`` added, last on the wire (the clients look for it there):
+    the test suite's publisher records (tests/_server_helpers.py), one definition for both."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)  # run from a checkout: the tests package sits beside benchmarks/
+    from tests._server_helpers import PublishedEstimate, PublishedEvent, PublishedStats, PublishedSummary
 
-    from affectstream.stream.messages import Estimate, Event, Stats, Summary, Wire
-
-    @dataclass(frozen=True, kw_only=True)
-    class Timed:
-        t_pub_ns: int = 0
-
-        def to_wire(self) -> Wire:
-            wire: Wire = super().to_wire()  # type: ignore[misc]
-            wire["t_pub_ns"] = self.t_pub_ns
-            return wire
-
-    @dataclass(frozen=True, kw_only=True)
-    class TimedEstimate(Timed, Estimate):
-        pass
-
-    @dataclass(frozen=True, kw_only=True)
-    class TimedEvent(Timed, Event):
-        pass
-
-    @dataclass(frozen=True, kw_only=True)
-    class TimedSummary(Timed, Summary):
-        pass
-
-    @dataclass(frozen=True, kw_only=True)
-    class TimedStats(Timed, Stats):
-        pass
-
-    return TimedEstimate, TimedEvent, TimedSummary, TimedStats
+    return PublishedEstimate, PublishedEvent, PublishedSummary, PublishedStats
 
 
 def publish_loop(server: Any, streams: int, hz: float, event_every: int, stop: threading.Event) -> None:
