@@ -89,8 +89,26 @@ def port_free(host: str, port: int) -> None:
             raise ConfigError(f"cannot listen on {host}:{port} ({error.strerror}): check --host") from None
 
 
+def bidirectional_bundle(path: str) -> bool:
+    """The bundle's LSTM reads sequences both ways (from its manifest alone: no torch, no weights)."""
+    import json
+
+    from affectstream.engine.files import MANIFEST
+
+    try:
+        manifest = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # the bundle loader says what is wrong with it
+    temporal = manifest.get("heads", {}).get("temporal") if isinstance(manifest, dict) else None
+    return isinstance(temporal, dict) and bool(temporal.get("bidirectional"))
+
+
 def preflight_run(args: argparse.Namespace, sources: list[tuple[str, str]]) -> None:
     unique_names(sources)
+    if args.bundle and args.head in ("auto", "lstm") and bidirectional_bundle(args.bundle):
+        raise ConfigError(f"{args.bundle} holds a bidirectional model, which reads whole files: "
+                          f"`affectstream analyze FILE --bundle {args.bundle}` runs it; `run` needs "
+                          "--head zero-shot or a bundle trained without --bidirectional")
     if args.out:
         writable_file(args.out, "--out")
     if args.show:

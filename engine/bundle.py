@@ -37,6 +37,7 @@ from affectstream.engine.files import (
     TEXT_EMBEDDINGS,
     VISUAL_ONNX,
     file_sha256,
+    finite_json,
 )
 from affectstream.engine.heads import SENTIMENT_POLES, LstmHead, ZeroShotConfig, ZeroShotHead
 from affectstream.engine.interfaces import HeadKind, TemporalHead
@@ -163,7 +164,7 @@ def check_embeddings(
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     try:
-        text = json.dumps(manifest, indent=2, sort_keys=True)
+        text = json.dumps(finite_json(manifest), indent=2, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise BundleError(f"the manifest must be plain JSON (check backbone, prompts, metrics): {error}") from None
     temporary = directory / f".{MANIFEST}.tmp"

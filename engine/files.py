@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from pathlib import Path
+from typing import Any
 
 MANIFEST = "manifest.json"
 TEXT_EMBEDDINGS = "text_embeddings.safetensors"
@@ -18,6 +20,18 @@ VISUAL_INT8_ONNX = "visual.int8.onnx"  # ... statically quantised, where its par
 VISUAL_FP16_ONNX = "visual.fp16.onnx"  # ... in fp16, the TensorRT build's input
 TEMPORAL_ONNX = "temporal.onnx"  # one LSTM step, for the ONNX Runtime head
 ENGINES_DIR = "engines"  # TensorRT plans, engines/<key>.plan
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None: what we write is strict JSON, which most
+    parsers other than Python's refuse to read with NaN in it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value
 
 
 def file_sha256(path: Path) -> str:

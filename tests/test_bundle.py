@@ -231,3 +231,12 @@ def test_tiny_random_engine_serves_zero_shot_from_a_real_bundle(tiny_engine: Any
     assert out.scores.shape == (3, 6)
     np.testing.assert_allclose(out.scores.sum(axis=1), 1.0, rtol=1e-5)
     assert np.all(np.abs(out.sentiment) <= 1.0)
+
+
+def test_a_manifest_is_strict_json(tmp_path: Path) -> None:
+    from affectstream.engine.bundle import write_manifest
+
+    write_manifest(tmp_path, {"metrics": {"auc": float("nan"), "loss": float("inf"), "ok": 0.5}, "n": [1.0, float("-inf")]})
+    text = (tmp_path / "manifest.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"metrics": {"auc": None, "loss": None, "ok": 0.5}, "n": [1.0, None]}

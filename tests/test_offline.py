@@ -156,3 +156,4 @@ def test_analyze_rescores_the_whole_file_with_a_bidirectional_bundle(tmp_path: P
                               "--no-serve", "--quiet", "--fast"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=scaled(120))
     assert refused.returncode == 2 and "bidirectional" in refused.stderr, "a live run cannot read the future"
+    assert "affectstream analyze FILE --bundle" in refused.stderr and "encoder backend" not in refused.stderr  # before the model loads
