@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--top", type=number(0, integer=True), default=5, help="top moments kept per emotion")
     analyze.add_argument("--force", action="store_true",
                          help="replace an earlier NAME.affect.json (default: write NAME.affect-N.json beside it)")
+    analyze.add_argument("--no-progress", action="store_true", help="no progress bar (it shows on a terminal only)")
     analyze.add_argument("--json", action="store_true",
                          help="print the summary on stdout even on a terminal (it always is through a pipe)")
     _add_model_options(analyze)

@@ -9,7 +9,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +211,17 @@ def analyze_command(args: argparse.Namespace) -> int:
     config = pipeline_config(args, pace_files=False, engine=engine)
     memory = MemorySink()
     started = time.monotonic()
-    interrupt, outcome = _analyze_pass(uri, config, engine, recorder or engine.head, memory)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from affectstream.stream.progress import media_progress
+
+    progress = media_progress(_input_name(uri), disable=True if args.no_progress else None)
+    try:
+        with logging_redirect_tqdm():
+            interrupt, outcome = _analyze_pass(uri, config, engine, recorder or engine.head, memory,
+                                               on_record=progress.on_record)
+    finally:
+        progress.close()
     interrupted = interrupt is not None
     records = [record for record in memory.messages if isinstance(record, StreamRecord)]
     if recorder is not None:
@@ -267,11 +277,12 @@ def _input_name(uri: str) -> str:
     return Path(uri).name
 
 
-def _analyze_pass(uri: str, config: PipelineConfig, engine: Engine, head: Any,
-                  sink: Sink) -> tuple[KeyboardInterrupt | None, StreamOutcome]:
+def _analyze_pass(uri: str, config: PipelineConfig, engine: Engine, head: Any, sink: Sink,
+                  on_record: Callable[[StreamRecord], None] | None = None) -> tuple[KeyboardInterrupt | None, StreamOutcome]:
     """Run the file through the pipeline as fast as possible; (the Ctrl-C or SIGTERM that cut it
     short, if one did; how it went)."""
     pipeline = Pipeline([("file", uri)], engine.encoder, head, sink, engine.labels, config, faces=engine.faces)
+    pipeline.on_record = on_record
     pipeline.start()
     interrupt: KeyboardInterrupt | None = None
     try:

@@ -161,10 +161,13 @@ def run_extract(args: argparse.Namespace, environment: dict[str, str]) -> int:
     config = ExtractConfig(model=args.model, device=args.device, sampling=sampling_from_args(args),
                            backend=args.backend, precision=args.precision, batch_size=args.batch,
                            shard_size=args.shard_size, faces=args.faces)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        summary = run_extraction(dataset, Path(args.out), config, labeler, ray_address=args.ray,
-                                 overwrite=args.overwrite, progress=False if args.no_progress else None,
-                                 ray_workers=args.ray_workers)
+        with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+            summary = run_extraction(dataset, Path(args.out), config, labeler, ray_address=args.ray,
+                                     overwrite=args.overwrite, progress=False if args.no_progress else None,
+                                     ray_workers=args.ray_workers)
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: the shards written so far are complete files, and a rerun reuses them.
         log.warning("interrupted: the finished shards in %s are kept; run the same command again to resume",
