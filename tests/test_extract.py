@@ -218,12 +218,12 @@ def test_cli_synth_then_extract(tmp_path: Path, capsys: pytest.CaptureFixture[st
     argv = ["extract", str(data), "--format", "synthetic", "--out", str(out), "--model", "tiny-random",
             "--device", "cpu", "--seed-rate", "--shard-size", "3", "--no-progress"]
     assert main(argv) == 0
-    err = capsys.readouterr().err
-    assert "segments: 4 of 4 planned" in err and "2 written, 0 reused" in err
+    printed = capsys.readouterr().out  # the result on stdout, logs on stderr
+    assert "segments: 4 of 4 planned" in printed and "2 written, 0 reused" in printed
     features = FeatureSet.load(out)
     assert features.rate_hz == 0.25 and all(s.n_frames == 1 for s in features.sequences)
     assert main(argv) == 0
-    assert "0 written, 2 reused" in capsys.readouterr().err
+    assert "0 written, 2 reused" in capsys.readouterr().out
 
 
 def test_cli_errors(tmp_path: Path) -> None:
@@ -266,7 +266,7 @@ def test_killed_process_resumes_from_its_finished_shards(synthetic: Path, refere
     assert not (out / "featureset.json").exists()
 
     assert main(argv) == 0
-    assert "1 written, 2 reused" in capsys.readouterr().err
+    assert "1 written, 2 reused" in capsys.readouterr().out
     assert {name: (shards / name).stat().st_mtime_ns for name in before} == before
     assert_same_features(FeatureSet.load(out), FeatureSet.load(reference))
 

@@ -41,7 +41,7 @@ def test_synthetic_dataset_to_a_bundle_that_analyze_runs(tmp_path: Path) -> None
         result = affectstream(*step, cwd=tmp_path)
         assert result.returncode == 0, f"{step[0]} failed:\n{result.stderr[-3000:]}"
         if step[0] == "train":
-            assert "test: loss" in result.stderr and "bundle: bundle" in result.stderr
+            assert "test: loss" in result.stdout and "bundle: bundle" in result.stdout
 
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.has_temporal and bundle.temporal_config is not None

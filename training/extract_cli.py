@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -173,7 +172,7 @@ def run_extract(args: argparse.Namespace, environment: dict[str, str]) -> int:
         log.warning("interrupted: the finished shards in %s are kept; run the same command again to resume",
                     args.out)
         raise
-    print("\n".join(summary.lines()), file=sys.stderr)
+    print("\n".join(summary.lines()))  # the result asked for: stdout (logs and the bar are on stderr)
     return exit_status(summary)
 
 
@@ -235,6 +234,5 @@ def run_synth(args: argparse.Namespace, environment: dict[str, str]) -> int:
                              jitter=0.0 if args.still else args.jitter)
     dataset = generate_synthetic(Path(args.out), config)
     counts = json.dumps(dataset.class_counts())
-    print(f"synthetic: {config.n_videos} videos, {len(dataset)} segments -> {args.out}; positives {counts}",
-          file=sys.stderr)
+    print(f"synthetic: {config.n_videos} videos, {len(dataset)} segments -> {args.out}; positives {counts}")
     return ExitStatus.OK

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +162,7 @@ def print_train_summary(outcome: Any, path: Path) -> None:
                      f"AUC {test['auc']:.4f}  macro AUC {test['macro_auc']:.4f}  binary acc. "
                      f"{test['binary_accuracy']:.4f}")
     lines.append(f"bundle: {path} (history, checkpoint and split in {path / 'training'})")
-    print("\n".join(lines), file=sys.stderr)
+    print("\n".join(lines))  # the result asked for: stdout (logs and the bar are on stderr)
 
 
 def run_evaluate(args: argparse.Namespace, environment: dict[str, str]) -> int:
@@ -190,5 +189,5 @@ def run_evaluate(args: argparse.Namespace, environment: dict[str, str]) -> int:
         summary = ", ".join(
             f"{name}: macro AUC {model['multilabel']['macro_auc']:.3f}, normalized acc. "
             f"{percent(model['single_label']['normalized_accuracy'])}" for name, model in report["models"].items())
-        print(f"{report['bundle']} ({report['side']}, {report['segments']} segments): {summary}", file=sys.stderr)
+        print(f"{report['bundle']} ({report['side']}, {report['segments']} segments): {summary}")
     return ExitStatus.OK
