@@ -1,0 +1,107 @@
+"""The README's examples, run as written (in a scratch directory, on real footage as talk.mp4, with
+the offline models or tiny-random as the example says). Each `affectstream` line of the README is
+either run here or skipped with its reason: a new example that is neither fails this test."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.timeouts import scaled
+
+ROOT = Path(__file__).resolve().parents[1]
+MEGAMIND = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
+
+# Examples that need what a test machine has not, with the reason.
+SKIPPED = {
+    "affectstream run cam=0": "needs a webcam and an RTSP camera on the LAN",
+    "affectstream run talk.mp4 --out talk.jsonl --show": "opens a window (the GUI extra); run without --show below",
+    "affectstream analyze https://host/talk.mp4": "needs a web server; tests/test_http_sources.py serves one",
+    "affectstream listen ws://127.0.0.1:8765/": "needs a running server; tests/test_listen.py runs one",
+    "affectstream extract /data/mosei": "needs CMU-MOSEI",
+    "bash scripts/setup.sh": "is what CI runs before this test",
+    "bash scripts/test.sh": "is this test suite",
+}
+# Additions that keep an example short without changing what it shows.
+SHORTER = {
+    "synth": ["--videos", "4", "--seconds", "4"],
+    "train": ["--epochs", "2", "--hidden", "16", "--no-progress"],
+    "evaluate": ["--no-progress"],
+}
+
+
+def readme_examples() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            command = line.split("  #")[0].strip()
+            if command:
+                lines.append(command)
+    return lines
+
+
+def skipped(command: str) -> str | None:
+    return next((reason for prefix, reason in SKIPPED.items() if command.startswith(prefix)), None)
+
+
+def test_every_readme_example_is_run_or_skipped_for_a_reason() -> None:
+    commands = readme_examples()
+    assert len(commands) >= 10
+    for command in commands:
+        assert command.startswith("affectstream ") or skipped(command), f"README example not covered: {command}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MEGAMIND.exists() or shutil.which("ffmpeg") is None, reason="needs opencv-doc and ffmpeg")
+def test_the_readme_examples_run(tmp_path: Path) -> None:
+    shutil.copy(MEGAMIND, tmp_path / "talk.mp4")  # an AVI under the example's name: FFmpeg reads by content
+    ran = []
+    for command in readme_examples():
+        if skipped(command) and not command.startswith("affectstream run talk.mp4 --out talk.jsonl --show"):
+            continue
+        words = shlex.split(command)[1:]
+        if "--show" in words:
+            words.remove("--show")
+            words += ["--fast", "--no-serve", "--quiet"]
+        words += SHORTER.get(words[0], [])
+        done = subprocess.run([sys.executable, "-m", "affectstream", *words], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=scaled(300))
+        assert done.returncode == 0, f"{command}\n{done.stderr[-2000:]}"
+        ran.append(words[0])
+    assert ran.count("analyze") == 3 and {"run", "synth", "extract", "train", "evaluate"} <= set(ran)
+    assert (tmp_path / "talk.jsonl").is_file() and (tmp_path / "talk.mp4.affect.json").is_file()
+    assert (tmp_path / "bundles" / "synth" / "manifest.json").is_file() and (tmp_path / "report.md").is_file()
+
+
+def cli_md_examples() -> list[str]:
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    found = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            # Comments and the synopsis's descriptions stand two spaces or more after the command.
+            command = re.split(r"\s{2,}", line.strip())[0].split(" | ")[0].strip()
+            # The synopsis at the top names placeholders (SOURCE, FILE …) and alternatives (create|inspect).
+            if command.startswith("affectstream ") and not re.search(r"\b[A-Z]{3,}\b|\||…", command):
+                found.append(command)
+    return found
+
+
+def test_every_cli_md_example_parses() -> None:
+    """Each example of docs/cli.md is accepted by the real argument parser, option by option."""
+    from affectstream.cli import build_parser
+
+    examples = cli_md_examples()
+    assert len(examples) >= 20
+    parser = build_parser()
+    for command in examples:
+        try:
+            parser.parse_args(shlex.split(command)[1:])
+        except SystemExit as error:
+            raise AssertionError(f"docs/cli.md example does not parse: {command}") from error
