@@ -103,7 +103,15 @@ def bidirectional_bundle(path: str) -> bool:
     return isinstance(temporal, dict) and bool(temporal.get("bidirectional"))
 
 
+def no_conflicts(args: argparse.Namespace) -> None:
+    """Options that contradict each other are refused, not one of them ignored."""
+    if args.bundle and args.model:
+        raise ConfigError("--model and --bundle both name the backbone: a bundle brings its own, so drop "
+                          "--model (or drop --bundle to use that model zero-shot)")
+
+
 def preflight_run(args: argparse.Namespace, sources: list[tuple[str, str]]) -> None:
+    no_conflicts(args)
     unique_names(sources)
     if args.bundle and args.head in ("auto", "lstm") and bidirectional_bundle(args.bundle):
         raise ConfigError(f"{args.bundle} holds a bidirectional model, which reads whole files: "
@@ -123,6 +131,7 @@ def preflight_run(args: argparse.Namespace, sources: list[tuple[str, str]]) -> N
 
 
 def preflight_analyze(args: argparse.Namespace, summary: Path) -> None:
+    no_conflicts(args)
     writable_file(str(summary), "--summary")
     if args.out:
         writable_file(args.out, "--out")

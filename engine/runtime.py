@@ -122,8 +122,7 @@ CLIP_EVENT_THRESHOLDS = EventThresholds(onset=0.6, offset=0.4)
 def load_clip_engine(choice: EngineChoice) -> Engine:
     """Whole-frame CLIP and its head, from ``--bundle`` (its own backbone) or ``--model``."""
     if choice.bundle is not None and choice.model is not None:
-        raise ConfigError("--model and --bundle both name the backbone: a bundle brings its own, so drop "
-                          "--model (or drop --bundle to use that model zero-shot)")
+        raise ConfigError("a bundle brings its own backbone: give EngineChoice a model or a bundle, not both")
     from affectstream.engine.backends import build_encoder, choose_backend, gather_facts
     from affectstream.engine.bundle import load_bundle
     from affectstream.engine.encoder import resolve_device

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from affectstream.errors import ExitStatus, MissingExtraError
+from affectstream.errors import ConfigError, ExitStatus, MissingExtraError
 from affectstream.stream.messages import Wire
 from affectstream.stream.readable import format_message
 
@@ -61,7 +61,9 @@ def options_from_args(args: argparse.Namespace, environment: dict[str, str]) -> 
         try:
             resume[stream] = int(seq)
         except ValueError:
-            raise SystemExit(f"--resume takes STREAM=SEQ with an integer SEQ, got {item!r}") from None
+            resume[stream] = -2  # refused below, with the form
+        if not stream or resume[stream] < -1:
+            raise ConfigError(f"--resume takes STREAM=SEQ with an integer SEQ >= -1, got {item!r}")
     return ListenOptions(
         url=websocket_url(args.url, token), types=_split(args.types), streams=_split(args.streams),
         jsonl=args.jsonl, count=args.count, reconnect=not args.no_reconnect, resume=resume,

@@ -35,6 +35,12 @@ CASES = [
     (["listen", "ws://127.0.0.1:9/ws", "--no-reconnect", "--count", "1"], ExitStatus.NOTHING, "refused"),
     (["analyze", "{tmp}/x.mp4", "--bundle", "{tmp}/nobundle", "--faces", "off"], ExitStatus.NOTHING,
      "no such file"),
+    (["run", "x.mp4", "--no-serve", "--show"], ExitStatus.USAGE, "pip install affectstream[gui]"),
+    (["listen", "ws://127.0.0.1:9/ws", "--resume", "cam=later"], ExitStatus.USAGE, "--resume takes STREAM=SEQ"),
+    (["analyze", "{tmp}/x.mp4", "--bundle", "{tmp}/b", "--model", "tiny-random"], ExitStatus.USAGE,
+     "--model and --bundle both name the backbone"),
+    (["evaluate", "{tmp}/features", "--bundle", "b", "--report", "{tmp}/no/dir/r.md"], ExitStatus.USAGE,
+     "the directory {tmp}/no/dir does not exist"),
 ]
 
 

@@ -105,3 +105,41 @@ def test_every_cli_md_example_parses() -> None:
             parser.parse_args(shlex.split(command)[1:])
         except SystemExit as error:
             raise AssertionError(f"docs/cli.md example does not parse: {command}") from error
+
+
+CLI_SKIPPED = {
+    "affectstream run cam=0": "needs a webcam and an RTSP camera on the LAN",
+    "affectstream listen": "needs a running server; tests/test_listen.py runs one",
+    "affectstream build-engine zs-b32 --backend tensorrt": "needs TensorRT and a GPU (tests/test_tensorrt.py)",
+    "affectstream build-engine zs-b32 --backend compile": "torch.compile warms for minutes on 2 cores "
+                                                          "(tests/test_compiled.py covers it)",
+    "affectstream bench": "the benchmark itself (tests/test_bench.py runs a quick one)",
+}
+
+
+def cli_skipped(command: str) -> str | None:
+    return next((reason for prefix, reason in CLI_SKIPPED.items() if command.startswith(prefix)), None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MEGAMIND.exists() or shutil.which("ffmpeg") is None, reason="needs opencv-doc and ffmpeg")
+def test_the_cli_md_examples_run(tmp_path: Path) -> None:
+    """docs/cli.md's examples in its order, with tiny-random for clip-vit-b32 (no hub here), files run
+    --fast on a free port, and the synthetic set made small."""
+    for name in ("talk.mp4", "a.mp4", "b.mp4", "clip.mp4"):
+        shutil.copy(MEGAMIND, tmp_path / name)
+    ran = []
+    for command in cli_md_examples():
+        if cli_skipped(command):
+            continue
+        words = ["tiny-random" if word == "clip-vit-b32" else word for word in shlex.split(command)[1:]]
+        if words[0] == "run":
+            words += ["--fast", "--quiet"] + ([] if "--no-serve" in words else ["--port", "0"])
+        words += {"synth": ["--videos", "4", "--seconds", "4"], "train": ["--epochs", "2", "--no-progress"],
+                  "evaluate": ["--no-progress"], "extract": ["--no-progress"]}.get(words[0], [])
+        done = subprocess.run([sys.executable, "-m", "affectstream", *words], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=scaled(300))
+        assert done.returncode == 0, f"{command}\n{done.stderr[-2000:]}"
+        ran.append(" ".join(words[:2]))
+    assert len(ran) >= 12, ran
+    assert (tmp_path / "zs-b32" / "visual.onnx").is_file() and (tmp_path / "bundle" / "manifest.json").is_file()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,10 @@ def print_train_summary(outcome: Any, path: Path) -> None:
 
 
 def run_evaluate(args: argparse.Namespace, environment: dict[str, str]) -> int:
+    if args.report:
+        from affectstream.checks import writable_file
+
+        writable_file(args.report, "--report")  # before any bundle is evaluated
     from tqdm import tqdm
 
     from affectstream.training.checkpoint import json_safe
@@ -180,6 +185,8 @@ def run_evaluate(args: argparse.Namespace, environment: dict[str, str]) -> int:
     markdown = render(reports)
     if args.report:
         out = Path(args.report)
+        if out.exists():
+            print(f"replacing {out}", file=sys.stderr)  # a report is never replaced silently
         out.write_text(markdown, encoding="utf-8")
         numbers = out.with_suffix(".json") if out.suffix != ".json" else out.with_name(f"{out.stem}.numbers.json")
         numbers.write_text(json.dumps(json_safe(reports), indent=2) + "\n", encoding="utf-8")
