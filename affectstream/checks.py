@@ -52,6 +52,18 @@ COUNT = number(1, integer=True)
 PORT = number(0, 65535, integer=True)
 
 
+def parse_windows(text: str) -> tuple[float, ...]:
+    try:
+        windows = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError as error:
+        raise ConfigError(f"--windows takes seconds separated by commas, e.g. 5,60; got {text!r}") from error
+    if not windows or any(not w > 0 or w == float("inf") for w in windows):
+        raise ConfigError(f"--windows needs positive seconds, got {text!r}")
+    if len(set(windows)) != len(windows):
+        raise ConfigError(f"--windows lists a window twice: {text!r}")
+    return windows
+
+
 def writable_file(path: str, what: str) -> Path:
     """``path`` can be written: its directory exists and is writable (nothing is created here)."""
     target = Path(path)
@@ -93,14 +105,13 @@ def bidirectional_bundle(path: str) -> bool:
     """The bundle's LSTM reads sequences both ways (from its manifest alone: no torch, no weights)."""
     import json
 
-    from affectstream.engine.files import MANIFEST
+    from affectstream.engine.files import MANIFEST, bidirectional_manifest
 
     try:
         manifest = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False  # the bundle loader says what is wrong with it
-    temporal = manifest.get("heads", {}).get("temporal") if isinstance(manifest, dict) else None
-    return isinstance(temporal, dict) and bool(temporal.get("bidirectional"))
+    return bidirectional_manifest(manifest)
 
 
 def no_conflicts(args: argparse.Namespace) -> None:
@@ -108,6 +119,12 @@ def no_conflicts(args: argparse.Namespace) -> None:
     if args.bundle and args.model:
         raise ConfigError("--model and --bundle both name the backbone: a bundle brings its own, so drop "
                           "--model (or drop --bundle to use that model zero-shot)")
+    if args.faces == "off" and args.clip_input == "face":
+        raise ConfigError("--clip-input face needs the face stage: drop --faces off, or use --clip-input frame")
+    if args.onset is not None and args.offset is not None and args.offset > args.onset:
+        raise ConfigError(f"--offset ({args.offset:g}) must not be above --onset ({args.onset:g}): an episode "
+                          "ends below the score it started at")
+    parse_windows(args.windows)
 
 
 def preflight_run(args: argparse.Namespace, sources: list[tuple[str, str]]) -> None:

@@ -86,8 +86,8 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--read-timeout", type=POSITIVE, default=5.0, help="seconds without a frame before a live "
                        "source counts as lost and reconnects")
     group.add_argument("--open-retries", type=number(-1, integer=True), default=5, metavar="N",
-                       help="a live source that never connected gives up after N failed opens (-1: retry for "
-                       "ever); one that was up and went away keeps reconnecting")
+                       help="a live source that never connected gives up after N retries, N+1 failed opens "
+                       "(-1: retry for ever); one that was up and went away keeps reconnecting")
     group.add_argument("--stats-interval", type=POSITIVE, default=2.0, help="seconds between stats messages")
     group.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v: per-frame debug; -vv: libraries too)")
 

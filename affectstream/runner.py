@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from affectstream.checks import parse_windows
 from affectstream.engine.runtime import Engine, EngineChoice, load_engine
 from affectstream.errors import ConfigError, ExitStatus, SourceOutcome, interrupted_status
 from affectstream.stream.batcher import BatchConfig
@@ -33,14 +34,6 @@ _NOTHING_READ = {
 }
 
 
-def parse_windows(text: str) -> tuple[float, ...]:
-    try:
-        windows = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError as error:
-        raise ConfigError(f"--windows takes seconds separated by commas, e.g. 5,60; got {text!r}") from error
-    if not windows or any(w <= 0 for w in windows):
-        raise ConfigError(f"--windows needs positive seconds, got {text!r}")
-    return windows
 
 
 def parse_sources(specs: list[str]) -> list[tuple[str, str]]:
@@ -61,6 +54,9 @@ def pipeline_config(args: argparse.Namespace, pace_files: bool, engine: Engine) 
     thresholds = engine.thresholds
     onset = args.onset if args.onset is not None else thresholds.onset
     offset = args.offset if args.offset is not None else min(thresholds.offset, onset)
+    if offset > onset:
+        raise ConfigError(f"--offset {offset:g} is above this model's onset threshold {onset:g}: pass a lower "
+                          f"--offset or an --onset of at least {offset:g}")
     return PipelineConfig(
         rate_hz=args.rate,
         pace_files=pace_files,
@@ -160,7 +156,9 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
         if overlay is not None:
             stop = threading.Event()
             if deadline is not None:
-                threading.Timer(args.duration, stop.set).start()
+                timer = threading.Timer(args.duration, stop.set)
+                timer.daemon = True  # a file that ends first must not wait for it
+                timer.start()
             overlay.run(stop, _DoneEvent(pipeline))
         else:
             while not pipeline.wait(0.2):
@@ -241,6 +239,8 @@ def analyze_command(args: argparse.Namespace) -> int:
     summary["processing"] = {"seconds": round(time.monotonic() - started, 3), "interrupted": interrupted}
     if interrupted:
         summary["partial"] = True  # what was read before the signal; the rest of the file was not
+    if out.exists():
+        print(f"replacing {out}", file=sys.stderr)  # never silently: an explicit --summary, or --force
     out.write_text(json.dumps(summary, indent=2, allow_nan=False))
     status = stream_status(outcome)
     _print_summary(summary, out, status)
@@ -253,8 +253,6 @@ def summary_path(given: str | None, name: str, force: bool) -> Path:
     """Where the summary goes: ``--summary``, else NAME.affect.json in the current directory; an earlier
     summary there is never replaced silently: without ``--force`` the next free NAME.affect-N.json."""
     if given:
-        if Path(given).exists():
-            print(f"replacing {given}", file=sys.stderr)
         return Path(given)
     path = Path(name + ".affect.json")
     if force or not path.exists():

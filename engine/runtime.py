@@ -70,7 +70,7 @@ def load_engine(choice: EngineChoice) -> Engine:
 
     device = resolve_device(choice.device)
     backend, precision = _classifier_choice(choice)
-    faces = load_face_model(choice.detector, str(choice.expression) if choice.expression else None, device=device,
+    faces = load_face_model(_detector_for(choice), str(choice.expression) if choice.expression else None, device=device,
                             backend=backend, precision=precision, detect_interval_s=choice.detect_interval_s)
     clip = load_clip_engine(choice) if _wants_clip(choice) else None
     info = {"faces": dict(faces.info)}
@@ -81,6 +81,21 @@ def load_engine(choice: EngineChoice) -> Engine:
         return clip
     return Engine(clip.encoder, clip.head, EXPRESSION_LABELS, {**clip.model_info, **info}, faces=faces,
                   clip_input=clip.clip_input)
+
+
+def _detector_for(choice: EngineChoice) -> str:
+    """``auto`` with a bundle trained on face crops: the detector that cut them (``extract --faces``)."""
+    if choice.detector != "auto" or choice.bundle is None:
+        return choice.detector
+    import json
+
+    from affectstream.engine.files import MANIFEST
+
+    try:
+        backbone = json.loads((choice.bundle / MANIFEST).read_text(encoding="utf-8")).get("backbone", {})
+    except (OSError, ValueError, AttributeError):
+        return choice.detector  # the bundle loader reports what is wrong with it
+    return str(backbone.get("face_detector") or choice.detector)
 
 
 def _classifier_choice(choice: EngineChoice) -> tuple[str, str]:
@@ -178,7 +193,9 @@ def _manifest_events(manifest: dict[str, Any]) -> EventThresholds | None:
 
 
 def _is_bidirectional(bundle: Any) -> bool:
-    return bool(bundle.has_temporal and bundle.temporal_config.bidirectional)
+    from affectstream.engine.files import bidirectional_manifest
+
+    return bool(bundle.has_temporal and bidirectional_manifest(bundle.manifest))
 
 
 def _bundle_head(bundle: Any, kind: str, backend: str, zero_shot: Any, device: str) -> TemporalHead:

@@ -31,7 +31,7 @@ from affectstream.engine.face_engine import FaceObservation
 from affectstream.engine.labels import EXPRESSION_LABELS, VALENCE
 from affectstream.errors import ConfigError
 from affectstream.stream.messages import EstimateState, Event, EventKind, FaceEstimate, StreamRecord
-from affectstream.stream.session_rules import AnalyticsConfig, EpisodeTracker, draft_event, rounded
+from affectstream.stream.session_rules import AnalyticsConfig, EpisodeTracker, draft_event, ema, rounded
 from affectstream.stream.tracking import FaceTracker, LostTrack, TrackerSettings
 
 _VALENCE = np.array([VALENCE[label] for label in EXPRESSION_LABELS])
@@ -74,11 +74,7 @@ class _FaceState:
         self.episodes = [EpisodeTracker(label, analytics) for label in EXPRESSION_LABELS[:-1]]  # not neutral
 
     def smooth(self, ts: float, probabilities: np.ndarray, tau: float) -> np.ndarray:
-        if self.smoothed is None or tau == 0:
-            self.smoothed = probabilities.astype(np.float64)
-        else:
-            alpha = 1.0 - math.exp(-max(ts - self.last_ts, 0.0) / tau)
-            self.smoothed = self.smoothed + alpha * (probabilities - self.smoothed)
+        self.smoothed = ema(self.smoothed, probabilities, ts - self.last_ts, tau)
         self.last_ts = ts
         return self.smoothed
 

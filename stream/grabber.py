@@ -71,6 +71,12 @@ class RingModes:
         return OverflowPolicy.WAIT, self.file_capacity
 
 
+# Failures that retrying cannot mend: a device node that is not there, an address the server says
+# does not exist (404), media that is not a video or has no video track.
+_DEFINITIVE = frozenset({SourceOutcome.NO_SUCH_DEVICE, SourceOutcome.MISSING, SourceOutcome.NOT_VIDEO,
+                         SourceOutcome.NO_VIDEO_TRACK})
+
+
 class _Stopped(Exception):
     """stop() was called, or the ring was closed by its reader."""
 
@@ -176,7 +182,7 @@ class Grabber:
         """Out of attempts: a source never up after ``open_retries``, or any after ``max_reconnect_attempts``;
         a camera device that does not exist at all fails at once."""
         never_up = self._last_pts is None and not self._ever_ran
-        if never_up and failure.outcome is SourceOutcome.NO_SUCH_DEVICE:
+        if never_up and failure.outcome in _DEFINITIVE:
             self._finish(SourceState.FAILED, failure.outcome, str(failure))
             return True
         retries = self._config.open_retries

@@ -221,7 +221,8 @@ class Pipeline:
 
     @property
     def open_faces(self) -> int:
-        """Face tracks the sessions hold state for, all streams (a gauge: read without the emitter's lock)."""
+        """Face tracks the sessions hold state for, all streams (a gauge, read from any thread: the
+        emitter changes the counts, a reader may see one that is a frame old)."""
         return sum(session.open_faces for session in self._sessions.values())
 
     def start(self) -> None:
@@ -346,6 +347,12 @@ class Pipeline:
         started = time.monotonic_ns()
         stages: dict[str, float] = {}
         faces: list[tuple[FaceObservation, ...]] | None = None
+        if self._faces is not None:
+            # A (re)connection in this batch: its frames must not reuse boxes from before it (the old
+            # connection's frames in the batch are merely detected again).
+            for item in batch:
+                if isinstance(item, StreamMarker) and item.event.state in (SourceState.RUNNING, SourceState.RECONNECTING):
+                    self._faces.schedule.forget(item.event.stream_id)
         if self._faces is not None and frames:
             faces = self._faces.analyse(images, [(item.frame.stream_id, item.frame.pts) for item in frames])
             stages.update(self._faces.last_stage_ms)

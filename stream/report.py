@@ -17,11 +17,7 @@ import numpy as np
 from affectstream.engine.labels import NO_FACE
 from affectstream.errors import ConfigError
 from affectstream.stream.messages import Estimate, EstimateState, Event, EventKind, Record
-from affectstream.stream.session import slope_per_second
-
-
-def _r(value: float, places: int = 4) -> float:
-    return round(float(value), places)
+from affectstream.stream.session_rules import rounded, slope_per_second
 
 
 class FileReport:
@@ -140,19 +136,19 @@ class FileReport:
             shares[label] += float(weight)
         mean = weights[seen] @ scores[seen] / seen_total if seen_total > 0 else np.zeros(len(self.labels))
         report: dict[str, Any] = {
-            "start": _r(ts[0], 6),
-            "end": _r(ts[-1], 6),
-            "duration_s": _r(total, 6),
-            "share": self._share_keys({label: _r(shares[label] / total) for label in self.labels}
-                                      | ({NO_FACE: _r(shares[NO_FACE] / total)} if self.has_faces else {})),
+            "start": rounded(ts[0], 6),
+            "end": rounded(ts[-1], 6),
+            "duration_s": rounded(total, 6),
+            "share": self._share_keys({label: rounded(shares[label] / total) for label in self.labels}
+                                      | ({NO_FACE: rounded(shares[NO_FACE] / total)} if self.has_faces else {})),
             "above_threshold": self._per_label(weights @ above / total),
             "mean": self._per_label(mean),
             "dominant": self.labels[int(np.argmax(mean))] if seen_total > 0 else None,
             "sentiment": {
-                "mean": _r(weights[seen] @ sentiment[seen] / seen_total) if seen_total > 0 else 0.0,
-                "min": _r(sentiment[seen].min()) if seen.any() else 0.0,
-                "max": _r(sentiment[seen].max()) if seen.any() else 0.0,
-                "trend_per_min": _r(60.0 * slope_per_second(ts[seen], sentiment[seen]), 6),
+                "mean": rounded(weights[seen] @ sentiment[seen] / seen_total) if seen_total > 0 else 0.0,
+                "min": rounded(sentiment[seen].min()) if seen.any() else 0.0,
+                "max": rounded(sentiment[seen].max()) if seen.any() else 0.0,
+                "trend_per_min": rounded(60.0 * slope_per_second(ts[seen], sentiment[seen]), 6),
             },
             "timeline": self._timeline(ts, scores, sentiment),
             "top_moments": {
@@ -162,19 +158,19 @@ class FileReport:
         }
         if self.has_faces:
             states = [self._states[i] for i in order]
-            report["states"] = {state.value: _r(sum(w for s, w in zip(states, weights) if s is state) / total)
+            report["states"] = {state.value: rounded(sum(w for s, w in zip(states, weights) if s is state) / total)
                                 for state in EstimateState}
         return report
 
     def _per_label(self, values: np.ndarray) -> dict[str, float]:
-        return {label: _r(v) for label, v in zip(self.labels, values)}
+        return {label: rounded(v) for label, v in zip(self.labels, values)}
 
     def _timeline(self, ts: np.ndarray, scores: np.ndarray, sentiment: np.ndarray) -> list[dict[str, Any]]:
         """At most ``timeline_points`` points: consecutive estimates averaged in equal-count buckets."""
         buckets = np.array_split(np.arange(len(ts)), min(self.timeline_points, len(ts)))
         return [
-            {"ts": _r(ts[b].mean(), 3), "scores": self._per_label(scores[b].mean(axis=0)),
-             "sentiment": _r(sentiment[b].mean())}
+            {"ts": rounded(ts[b].mean(), 3), "scores": self._per_label(scores[b].mean(axis=0)),
+             "sentiment": rounded(sentiment[b].mean())}
             for b in buckets
         ]
 
@@ -197,8 +193,8 @@ class _FaceTrack:
 
     def summary(self, labels: tuple[str, ...]) -> dict[str, Any]:
         mean = self._sum / self.frames if self._sum is not None else np.zeros(len(labels))
-        return {"id": self.id, "first": _r(self.first_ts, 3), "last": _r(self.last_ts, 3), "frames": self.frames,
-                "dominant": labels[int(np.argmax(mean))], "mean": {label: _r(v) for label, v in zip(labels, mean)}}
+        return {"id": self.id, "first": rounded(self.first_ts, 3), "last": rounded(self.last_ts, 3), "frames": self.frames,
+                "dominant": labels[int(np.argmax(mean))], "mean": {label: rounded(v) for label, v in zip(labels, mean)}}
 
 
 def sample_weights(ts: np.ndarray) -> np.ndarray:
@@ -224,4 +220,4 @@ def top_moments(ts: np.ndarray, values: np.ndarray, k: int, min_separation_s: fl
             break
         if all(abs(ts[i] - t) >= min_separation_s for t, _ in kept):
             kept.append((float(ts[i]), float(values[i])))
-    return [{"ts": _r(t, 6), "score": _r(v)} for t, v in kept]
+    return [{"ts": rounded(t, 6), "score": rounded(v)} for t, v in kept]

@@ -22,7 +22,7 @@ from dataclasses import replace
 import numpy as np
 
 from affectstream.engine.face_engine import FaceObservation
-from affectstream.engine.labels import EMOTIONS, EXPRESSION_LABELS
+from affectstream.engine.labels import EMOTIONS, EXPRESSION_LABELS, NEUTRAL
 from affectstream.errors import ConfigError, PipelineError, SourceOutcome
 from affectstream.stream.face_session import FaceConfig, FaceSet, fuse_with_clip, sentiment_of
 from affectstream.stream.frames import SourceEvent, SourceState
@@ -79,7 +79,9 @@ class StreamSession:
         self.labels = tuple(labels)
         self.config = config
         self._seq = SeqCounter(first_seq)
-        self._episodes = [EpisodeTracker(label, config) for label in self.labels]
+        # Episodes are of emotions: a neutral face "starting" is not an event (per face neither).
+        self._episode_rows = [row for row, label in enumerate(self.labels) if label != NEUTRAL]
+        self._episodes = [EpisodeTracker(self.labels[row], config) for row in self._episode_rows]
         self._shifts = ShiftDetector(self.labels, config)
         self._windows = [RollingWindow(w, h, self.labels) for w, h in zip(config.windows_s, config.hops)]
         self._face_config = faces
@@ -138,8 +140,8 @@ class StreamSession:
             scores={label: rounded(v) for label, v in zip(self.labels, values)}, sentiment=rounded(sentiment),
             dominant=dominant, state=state, latency_ms=latency_ms, age_ms=age_ms, faces=faces,
         )
-        for tracker, value in zip(self._episodes, values):
-            drafts += tracker.update(ts, float(value))
+        for tracker, row in zip(self._episodes, self._episode_rows):
+            drafts += tracker.update(ts, float(values[row]))
         if dominant is not None:  # nobody in view: the dominant emotion neither shifts nor holds
             drafts += self._shifts.update(ts, values)
         sample = Sample(ts, values, sentiment, dominant, state)

@@ -197,14 +197,17 @@ class ShiftDetector:
                        previous=self._labels[previous], confirmed=ts)]
 
     def _smooth(self, ts: float, scores: np.ndarray) -> None:
-        tau = self._config.shift_smoothing_s
-        if self._smoothed is None or tau == 0:
-            self._smoothed = scores.copy()
-        else:
-            # Time-aware EMA: irregular sampling (drops, rate changes) weighs each estimate by its gap.
-            alpha = 1.0 - math.exp(-max(ts - self._last_ts, 0.0) / tau)
-            self._smoothed = self._smoothed + alpha * (scores - self._smoothed)
+        self._smoothed = ema(self._smoothed, scores, ts - self._last_ts, self._config.shift_smoothing_s)
         self._last_ts = ts
+
+
+def ema(previous: np.ndarray | None, value: np.ndarray, gap_s: float, tau_s: float) -> np.ndarray:
+    """Time-aware exponential moving average: irregular sampling (drops, rate changes) weighs each new
+    value by the media time since the last; ``tau_s`` 0 (or no previous) follows the value itself."""
+    if previous is None or tau_s == 0:
+        return np.array(value, dtype=np.float64)
+    alpha = 1.0 - math.exp(-max(gap_s, 0.0) / tau_s)
+    return previous + alpha * (value - previous)
 
 
 @dataclass(frozen=True)

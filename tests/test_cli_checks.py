@@ -93,3 +93,16 @@ def test_help_shows_the_defaults() -> None:
     assert done.returncode == 0
     text = " ".join(done.stdout.split())
     assert "(default: 16)" in text and "(default: 8765)" in text and "(default: None)" not in text
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--faces", "off", "--clip-input", "face"], "--clip-input face needs the face stage"),
+    (["--onset", "0.3", "--offset", "0.5"], "--offset (0.5) must not be above --onset (0.3)"),
+    (["--windows", "5,5"], "--windows lists a window twice"),
+    (["--windows", "5,x"], "--windows takes seconds separated by commas"),
+])
+def test_contradictions_are_refused_before_the_model(argv: list[str], message: str, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "affectstream", "run", "x.mp4", "--no-serve", *argv], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=scaled(60))
+    assert done.returncode == ExitStatus.USAGE and message in done.stderr, done.stderr
+    assert "encoder backend" not in done.stderr and "expression model" not in done.stderr

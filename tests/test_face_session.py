@@ -155,3 +155,12 @@ def test_smoothing_follows_media_time() -> None:
     late = faces.update(3.0, [seen(100, "sadness", 0.9)])
     assert late.primary is not None and late.primary.dominant == "sadness"
     assert late.primary.frame_scores["sadness"] == pytest.approx(0.9, abs=1e-4)
+
+
+def test_a_neutral_face_is_not_an_episode() -> None:
+    s = session()
+    out = []
+    for step in range(16):  # 4 s of a clearly neutral face
+        out += s.on_faces(step * 0.25, WALL, [seen(100, "neutral", 0.9)])
+    out += s.finish(4.0, WALL)
+    assert not [e for e in out if isinstance(e, Event) and e.kind in (EventKind.ONSET, EventKind.PEAK)]

@@ -133,6 +133,22 @@ class NeverAnswers:
         pass
 
 
+class NotThere(NeverAnswers):
+    """A live URL the server says does not exist (HTTP 404)."""
+
+    def open(self) -> SourceInfo:
+        raise SourceOpenError("https://host/missing.mp4: 404", SourceOutcome.MISSING, self.uri)
+
+
+def test_a_url_that_does_not_exist_fails_at_once() -> None:
+    recorder = EventRecorder()
+    grabber = Grabber("cam", NotThere, RingBuffer(4, OverflowPolicy.DROP_OLDEST), recorder, FAST)
+    grabber.start()
+    assert grabber.join(scaled(5))
+    assert recorder.states() == [SourceState.OPENING, SourceState.FAILED]
+    assert recorder.events[-1].outcome is SourceOutcome.MISSING
+
+
 def test_a_live_source_that_never_connects_gives_up_after_open_retries() -> None:
     config = SourceConfig(reconnect_initial_s=0.01, reconnect_max_s=0.01, open_retries=3)
     ring = RingBuffer(4, OverflowPolicy.DROP_OLDEST)

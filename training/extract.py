@@ -320,12 +320,17 @@ class EncoderRecipe:
         if not self.faces:
             return encoder
         from affectstream.engine.face_crops import FaceCropEncoder
-        from affectstream.engine.face_engine import CropPolicy
-        from affectstream.engine.face_mtcnn import MTCNNDetector, MTCNNSettings
+        from affectstream.engine.face_engine import CropPolicy, load_detector
 
         policy = CropPolicy()
-        detector = MTCNNDetector.from_cache(device=device, settings=MTCNNSettings(min_face_size=policy.min_size))
-        return FaceCropEncoder(encoder, detector, policy)
+        return FaceCropEncoder(encoder, load_detector(self.face_detector(), device, policy), policy)
+
+    def face_detector(self) -> str:
+        """The detector extraction crops with; the bundle records it and the runtime crops the same."""
+        from affectstream.engine.encoder import resolve_device
+        from affectstream.engine.face_engine import resolve_detector
+
+        return resolve_detector("auto", resolve_device(self.device))
 
 
 def run_extraction(
@@ -343,8 +348,10 @@ def run_extraction(
     recipe = EncoderRecipe(config.model, config.device, config.backend, config.precision, config.faces)
     backbone = recipe.spec_manifest()
     if config.faces:
-        # Travels with the features into the trained bundle, whose runtime then encodes faces too.
+        # Travels with the features into the trained bundle, whose runtime then encodes faces too,
+        # cut by the same detector.
         backbone["input"] = "face"
+        backbone["face_detector"] = recipe.face_detector()
     if ray_address is not None:
         from affectstream.training.ray_extract import ray_runner
 
