@@ -96,6 +96,14 @@ class SourceEvent:
     def terminal(self) -> bool:
         return self.state in (SourceState.ENDED, SourceState.FAILED)
 
+    @property
+    def ended_as(self) -> SourceOutcome | None:
+        """How the stream ended: the outcome, or ENDED for a normal end that names none (None for a
+        failure without one: an internal error)."""
+        if self.outcome is None and self.state is SourceState.ENDED:
+            return SourceOutcome.ENDED
+        return self.outcome
+
 
 class OverflowPolicy(str, enum.Enum):
     """What a full ring buffer does with a new frame.

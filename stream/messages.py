@@ -12,6 +12,7 @@ Code that needs to know what happened reads the records' typed fields (``Event.k
 
 from __future__ import annotations
 
+import abc
 import enum
 import json
 import time
@@ -73,7 +74,7 @@ def encode(wire: Wire) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Record:
+class Record(abc.ABC):
     """A protocol message; subclasses say their ``TYPE`` and their fields of the wire form."""
 
     TYPE: ClassVar[MessageType]
@@ -94,8 +95,9 @@ class Record:
     def to_wire(self) -> Wire:
         return {"type": self.TYPE.value, "v": PROTOCOL_VERSION, **self._body()}
 
+    @abc.abstractmethod
     def _body(self) -> Wire:
-        raise NotImplementedError
+        """The fields of this message type on the wire (after type, v and the stream's header)."""
 
     @cached_property
     def text(self) -> str:

@@ -510,9 +510,6 @@ def _with_event(outcome: StreamOutcome, event: SourceEvent) -> StreamOutcome:
     if event.state is SourceState.RUNNING:
         return replace(outcome, started=True)
     if event.terminal:
-        ended_as = event.outcome
-        if ended_as is None and event.state is SourceState.ENDED:
-            ended_as = SourceOutcome.ENDED
-        return replace(outcome, ended=True, state=event.state, outcome=ended_as, detail=event.detail,
+        return replace(outcome, ended=True, state=event.state, outcome=event.ended_as, detail=event.detail,
                        damage=event.damage)
     return outcome

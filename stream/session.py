@@ -23,10 +23,11 @@ import numpy as np
 
 from affectstream.engine.face_engine import FaceObservation
 from affectstream.engine.labels import EMOTIONS, EXPRESSION_LABELS, NEUTRAL
-from affectstream.errors import ConfigError, PipelineError, SourceOutcome
+from affectstream.errors import ConfigError, PipelineError
 from affectstream.stream.face_session import FaceConfig, FaceSet, fuse_with_clip, sentiment_of
 from affectstream.stream.frames import SourceEvent, SourceState
 from affectstream.stream.messages import (
+    TERMINAL_KINDS,
     Estimate,
     EstimateState,
     EventKind,
@@ -103,7 +104,7 @@ class StreamSession:
         """Whole-frame mode: the ``estimate`` record, then the events and summaries it completes."""
         if self._faces is not None:
             raise PipelineError(f"stream {self.stream_id} analyses faces: call on_faces")
-        values = self._check_scores(scores)
+        values = self._checked(scores, self.labels, "the head")
         out = self._rewind(ts, wall)
         return out + self._emit(ts, wall, values, _finite(sentiment), self.labels[int(np.argmax(values))], None,
                                 None, [], latency_ms, age_ms)
@@ -125,7 +126,7 @@ class StreamSession:
         sentiment = sentiment_of(values)
         if clip is not None:
             weight = self._face_config.clip_weight
-            values = fuse_with_clip(values, self._check_clip(clip[0]), weight)
+            values = fuse_with_clip(values, self._checked(clip[0], EMOTIONS, "CLIP"), weight)
             sentiment = (1.0 - weight) * sentiment + weight * _finite(clip[1])
         return out + self._emit(ts, wall, values, sentiment, self.labels[int(np.argmax(values))],
                                 frame.primary.state, frame.faces, list(frame.events), latency_ms, age_ms)
@@ -164,12 +165,9 @@ class StreamSession:
         if kind is None:  # NOT_STARTED, OPENING: nothing a client needs to know
             return []
         drafts: list[Draft] = [] if kind is EventKind.STREAM_STARTED else self._close_all(ts)
-        terminal = kind in (EventKind.STREAM_ENDED, EventKind.STREAM_ERROR)
-        outcome = event.outcome
-        if outcome is None and kind is EventKind.STREAM_ENDED:
-            outcome = SourceOutcome.ENDED
+        terminal = kind in TERMINAL_KINDS
         drafts.append(draft_event(
-            kind, ts, detail=event.detail, attempt=event.attempt or None, outcome=outcome,
+            kind, ts, detail=event.detail, attempt=event.attempt or None, outcome=event.ended_as,
             frames_read=event.frames_read if terminal else None,
             damage=event.damage if terminal else None, restart_ts=event.restart_ts, source=event,
         ))
@@ -210,22 +208,16 @@ class StreamSession:
         ordered = sorted(drafts, key=lambda d: d.ts)  # stable: same-ts drafts keep their causal order
         return [replace(d, stream=self.stream_id, seq=self._seq.take(), wall=wall) for d in ordered]
 
-    def _check_scores(self, scores: ScoreInput) -> np.ndarray:
+    def _checked(self, scores: ScoreInput, labels: tuple[str, ...], source: str) -> np.ndarray:
+        """One score per label, finite, clipped to [0, 1]; a head that breaks that is a bug, said plainly."""
         values = np.asarray(scores, dtype=np.float64).reshape(-1)
-        if values.shape[0] != len(self.labels):
+        if values.shape[0] != len(labels):
             raise PipelineError(
-                f"stream {self.stream_id}: got {values.shape[0]} scores for {len(self.labels)} labels "
-                f"{self.labels}: the head and the session must use the same label set"
+                f"stream {self.stream_id}: got {values.shape[0]} scores from {source} for {len(labels)} labels "
+                f"{labels}: the head and the session must use the same label set"
             )
         if not np.all(np.isfinite(values)):
-            raise PipelineError(f"stream {self.stream_id}: the head produced non-finite scores {values.tolist()}")
-        return np.clip(values, 0.0, 1.0)
-
-    def _check_clip(self, scores: np.ndarray) -> np.ndarray:
-        values = np.asarray(scores, dtype=np.float64).reshape(-1)
-        if values.shape[0] != len(EMOTIONS) or not np.all(np.isfinite(values)):
-            raise PipelineError(f"stream {self.stream_id}: CLIP scores must be {len(EMOTIONS)} finite values "
-                                f"({EMOTIONS}), got {values.tolist()}")
+            raise PipelineError(f"stream {self.stream_id}: {source} produced non-finite scores {values.tolist()}")
         return np.clip(values, 0.0, 1.0)
 
 
