@@ -13,6 +13,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+from affectstream.engine.interfaces import HeadKind
 from affectstream.errors import ConfigError
 
 
@@ -130,19 +131,16 @@ def no_conflicts(args: argparse.Namespace) -> None:
 def preflight_run(args: argparse.Namespace, sources: list[tuple[str, str]]) -> None:
     no_conflicts(args)
     unique_names(sources)
-    if args.bundle and args.head in ("auto", "lstm") and bidirectional_bundle(args.bundle):
+    if args.bundle and args.head in (HeadKind.AUTO, HeadKind.LSTM) and bidirectional_bundle(args.bundle):
         raise ConfigError(f"{args.bundle} holds a bidirectional model, which reads whole files: "
                           f"`affectstream analyze FILE --bundle {args.bundle}` runs it; `run` needs "
                           "--head zero-shot or a bundle trained without --bidirectional")
     if args.out:
         writable_file(args.out, "--out")
     if args.show:
-        from affectstream.stream.overlay import gui_available
+        from affectstream.stream.overlay import require_gui
 
-        if not gui_available():
-            from affectstream.errors import MissingExtraError
-
-            raise MissingExtraError("opencv-python", "gui", "--show (an OpenCV window)")
+        require_gui()
     if not args.no_serve:
         port_free(args.host, args.port)
 

@@ -189,7 +189,10 @@ class _DoneEvent(threading.Event):
 
 
 def analyze_command(args: argparse.Namespace) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from affectstream.checks import preflight_analyze
+    from affectstream.stream.progress import media_progress
     from affectstream.stream.pyav_source import local_file_problem
     from affectstream.stream.report import FileReport
 
@@ -209,10 +212,6 @@ def analyze_command(args: argparse.Namespace) -> int:
     config = pipeline_config(args, pace_files=False, engine=engine)
     memory = MemorySink()
     started = time.monotonic()
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    from affectstream.stream.progress import media_progress
-
     progress = media_progress(_input_name(uri), disable=True if args.no_progress else None)
     try:
         with logging_redirect_tqdm():
@@ -241,11 +240,12 @@ def analyze_command(args: argparse.Namespace) -> int:
         summary["partial"] = True  # what was read before the signal; the rest of the file was not
     if out.exists():
         print(f"replacing {out}", file=sys.stderr)  # never silently: an explicit --summary, or --force
-    out.write_text(json.dumps(summary, indent=2, allow_nan=False))
+    text = json.dumps(summary, indent=2, allow_nan=False)
+    out.write_text(text)
     status = stream_status(outcome)
     _print_summary(summary, out, status)
     if args.json or not sys.stdout.isatty():
-        print(json.dumps(summary, indent=2, allow_nan=False))  # the result, for `analyze x.mp4 | jq`
+        print(text)  # the result, for `analyze x.mp4 | jq`
     return interrupted_status(interrupt) if interrupt is not None else status
 
 

@@ -89,8 +89,8 @@ class DetectionSchedule:
         self._last: dict[str, tuple[float, list[FaceBox]]] = {}
 
     def due(self, stream: str, ts: float) -> bool:
-        last = self._last.get(stream)
-        return last is None or self._after(last[0], ts)
+        """Whether one frame would be detected now (``plan`` of a batch of one)."""
+        return self.plan([(stream, ts)])[0]
 
     def plan(self, keys: Sequence[tuple[str, float]]) -> list[bool]:
         """For a batch in stream order: which frames to detect (later frames count the earlier ones)."""

@@ -31,7 +31,7 @@ from affectstream.engine.face_engine import FaceObservation
 from affectstream.engine.labels import EXPRESSION_LABELS, VALENCE
 from affectstream.errors import ConfigError
 from affectstream.stream.messages import EstimateState, Event, EventKind, FaceEstimate, StreamRecord
-from affectstream.stream.session_rules import AnalyticsConfig, EpisodeTracker, draft_event, ema, rounded
+from affectstream.stream.session_rules import AnalyticsConfig, Episodes, draft_event, ema, rounded
 from affectstream.stream.tracking import FaceTracker, LostTrack, TrackerSettings
 
 _VALENCE = np.array([VALENCE[label] for label in EXPRESSION_LABELS])
@@ -71,7 +71,7 @@ class _FaceState:
         self.first_ts = first_ts
         self.smoothed: np.ndarray | None = None
         self.last_ts = first_ts
-        self.episodes = [EpisodeTracker(label, analytics) for label in EXPRESSION_LABELS[:-1]]  # not neutral
+        self.episodes = Episodes(EXPRESSION_LABELS, analytics)
 
     def smooth(self, ts: float, probabilities: np.ndarray, tau: float) -> np.ndarray:
         self.smoothed = ema(self.smoothed, probabilities, ts - self.last_ts, tau)
@@ -118,8 +118,7 @@ class FaceSet:
             scores = state.smooth(ts, frame_probabilities, self._config.smoothing_s)
             smoothed[track.id] = scores
             faces.append(self._estimate(track.id, track.box.as_list(), track.box.score, frame_probabilities, scores))
-            for tracker, value in zip(state.episodes, scores):
-                events += [with_face(event, track.id) for event in tracker.update(ts, float(value))]
+            events += [with_face(event, track.id) for event in state.episodes.update(ts, scores)]
         primary = self._primary(faces)
         return FaceFrame(tuple(faces), primary, None if primary is None else smoothed[primary.id], tuple(events))
 
@@ -134,8 +133,7 @@ class FaceSet:
         state = self._faces.pop(lost.id, None)
         events: list[StreamRecord] = []
         if state is not None:
-            for tracker in state.episodes:
-                events += [with_face(event, lost.id) for event in tracker.close(lost.last_ts)]
+            events += [with_face(event, lost.id) for event in state.episodes.close(lost.last_ts)]
         events.append(self._lost(lost))
         return events
 

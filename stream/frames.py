@@ -97,6 +97,11 @@ class SourceEvent:
         return self.state in (SourceState.ENDED, SourceState.FAILED)
 
     @property
+    def new_context(self) -> bool:
+        """A (re)connection starts: state kept from before it (a head's, a detector's boxes) is stale."""
+        return self.state in (SourceState.RUNNING, SourceState.RECONNECTING)
+
+    @property
     def ended_as(self) -> SourceOutcome | None:
         """How the stream ended: the outcome, or ENDED for a normal end that names none (None for a
         failure without one: an internal error)."""

@@ -57,6 +57,12 @@ def _draw_face(canvas: np.ndarray, face: FaceEstimate, scale: float) -> None:
     cv2.putText(canvas, label, (x + 3, top + text_h + 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (20, 20, 20), 1, cv2.LINE_AA)
 
 
+def require_gui() -> None:
+    """``--show`` needs OpenCV's HighGUI: opencv-python-headless has none."""
+    if not gui_available():
+        raise MissingExtraError("opencv-python", "gui", "--show (an OpenCV window)")
+
+
 def gui_available() -> bool:
     """opencv-python-headless has no HighGUI; ``imshow`` there raises."""
     info = cv2.getBuildInformation()
@@ -109,8 +115,7 @@ class OverlayWindow:
 
     def run(self, stop: threading.Event, done: threading.Event) -> None:
         """Show one window per stream until stop/done is set or the user presses q or Esc."""
-        if not gui_available():
-            raise MissingExtraError("opencv-python", "gui", "--show (an OpenCV window)")
+        require_gui()
         try:
             while not stop.is_set() and not done.is_set():
                 with self._lock:

@@ -348,22 +348,20 @@ class Pipeline:
         stages: dict[str, float] = {}
         faces: list[tuple[FaceObservation, ...]] | None = None
         if self._faces is not None:
-            # A (re)connection in this batch: its frames must not reuse boxes from before it (the old
-            # connection's frames in the batch are merely detected again).
+            # Before the batch is analysed: a (re)connection's frames must not reuse boxes from before
+            # it (frames of the old connection in the same batch are merely detected again).
             for item in batch:
-                if isinstance(item, StreamMarker) and item.event.state in (SourceState.RUNNING, SourceState.RECONNECTING):
+                if isinstance(item, StreamMarker) and item.event.new_context:
                     self._faces.schedule.forget(item.event.stream_id)
-        if self._faces is not None and frames:
-            faces = self._faces.analyse(images, [(item.frame.stream_id, item.frame.pts) for item in frames])
-            stages.update(self._faces.last_stage_ms)
+            if frames:
+                faces = self._faces.analyse(images, [(item.frame.stream_id, item.frame.pts) for item in frames])
+                stages.update(self._faces.last_stage_ms)
         features = None
         if self._encoder is not None and frames:
             encoded_at = time.monotonic_ns()
             clip_images = images
-            if faces is not None and self._config.clip_input == "face":
-                policy = self._faces.policy if self._faces is not None else None
-                assert policy is not None
-                clip_images = [primary_crop(image, [o.box for o in found], policy)
+            if faces is not None and self._faces is not None and self._config.clip_input == "face":
+                clip_images = [primary_crop(image, [o.box for o in found], self._faces.policy)
                                for image, found in zip(images, faces)]
             features = self._encoder.encode(clip_images)
             # Encoders that time their own stages split the call into preprocess and model time.
@@ -405,11 +403,8 @@ class Pipeline:
 
     def _apply_marker(self, marker: StreamMarker) -> None:
         # A new connection starts a new temporal context; state from before a gap is meaningless.
-        if marker.event.state not in (SourceState.RECONNECTING, SourceState.RUNNING):
-            return
-        if self._faces is not None:
-            self._faces.schedule.forget(marker.event.stream_id)  # no boxes carried over a reconnect
-        if self._head is not None:
+        # (The detection schedule was reset before the batch was analysed, in _infer_batch.)
+        if marker.event.new_context and self._head is not None:
             with self._head_lock:
                 self._head.reset(marker.event.stream_id)
 

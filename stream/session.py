@@ -22,7 +22,7 @@ from dataclasses import replace
 import numpy as np
 
 from affectstream.engine.face_engine import FaceObservation
-from affectstream.engine.labels import EMOTIONS, EXPRESSION_LABELS, NEUTRAL
+from affectstream.engine.labels import EMOTIONS, EXPRESSION_LABELS
 from affectstream.errors import ConfigError, PipelineError
 from affectstream.stream.face_session import FaceConfig, FaceSet, fuse_with_clip, sentiment_of
 from affectstream.stream.frames import SourceEvent, SourceState
@@ -40,7 +40,7 @@ from affectstream.stream.messages import (
 from affectstream.stream.session_rules import (
     AnalyticsConfig,
     Draft,
-    EpisodeTracker,
+    Episodes,
     RollingWindow,
     Sample,
     ScoreInput,
@@ -80,9 +80,7 @@ class StreamSession:
         self.labels = tuple(labels)
         self.config = config
         self._seq = SeqCounter(first_seq)
-        # Episodes are of emotions: a neutral face "starting" is not an event (per face neither).
-        self._episode_rows = [row for row, label in enumerate(self.labels) if label != NEUTRAL]
-        self._episodes = [EpisodeTracker(self.labels[row], config) for row in self._episode_rows]
+        self._episodes = Episodes(self.labels, config)
         self._shifts = ShiftDetector(self.labels, config)
         self._windows = [RollingWindow(w, h, self.labels) for w, h in zip(config.windows_s, config.hops)]
         self._face_config = faces
@@ -141,8 +139,7 @@ class StreamSession:
             scores={label: rounded(v) for label, v in zip(self.labels, values)}, sentiment=rounded(sentiment),
             dominant=dominant, state=state, latency_ms=latency_ms, age_ms=age_ms, faces=faces,
         )
-        for tracker, row in zip(self._episodes, self._episode_rows):
-            drafts += tracker.update(ts, float(values[row]))
+        drafts += self._episodes.update(ts, values)
         if dominant is not None:  # nobody in view: the dominant emotion neither shifts nor holds
             drafts += self._shifts.update(ts, values)
         sample = Sample(ts, values, sentiment, dominant, state)
@@ -191,9 +188,7 @@ class StreamSession:
         return self._number(self._close_all(end) + self._flush_windows(end), wall)
 
     def _close_all(self, ts: float) -> list[Draft]:
-        drafts: list[Draft] = []
-        for tracker in self._episodes:
-            drafts += tracker.close(ts)
+        drafts = self._episodes.close(ts)
         if self._faces is not None:
             drafts += self._faces.close(ts)
         return drafts

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from affectstream.engine.labels import NO_FACE
+from affectstream.engine.labels import NEUTRAL, NO_FACE
 from affectstream.errors import ConfigError
 from affectstream.stream.messages import EstimateState, Event, EventKind, StreamRecord, Summary
 
@@ -162,6 +162,26 @@ class EpisodeTracker:
             draft_event(EventKind.OFFSET, end_ts, self.label, rounded(end_value), started=started, duration=duration,
                    **extra),
         ]
+
+
+class Episodes:
+    """An ``EpisodeTracker`` per emotion of a label set: a neutral face "starting" is not an event."""
+
+    def __init__(self, labels: tuple[str, ...], config: AnalyticsConfig) -> None:
+        self._rows = [row for row, label in enumerate(labels) if label != NEUTRAL]
+        self._trackers = [EpisodeTracker(labels[row], config) for row in self._rows]
+
+    def update(self, ts: float, values: np.ndarray) -> list[Draft]:
+        drafts: list[Draft] = []
+        for tracker, row in zip(self._trackers, self._rows):
+            drafts += tracker.update(ts, float(values[row]))
+        return drafts
+
+    def close(self, ts: float) -> list[Draft]:
+        drafts: list[Draft] = []
+        for tracker in self._trackers:
+            drafts += tracker.close(ts)
+        return drafts
 
 
 class ShiftDetector:
