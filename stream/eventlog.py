@@ -7,6 +7,13 @@ only so that it can be opened in one thread and used in another.
 
 ``path=None`` keeps the log in memory (lost at exit); a file path survives restarts, which is what
 makes resume across a server restart possible.
+
+Every append also records, per stream, the highest seq of *any* message handed to it (estimates and
+stats too, which are not stored): the server appends before it sends, so after a crash (kill -9) a
+restarted pipeline numbers on from above everything a client may have seen (``next_seq``).
+
+Write failures (a full disk, a read-only or vanished file) raise ``EventLogWriteError``; what to do
+then (keep delivering, keep a backlog) is ``stream/log_backlog.py``'s business.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from affectstream.errors import ConfigError
+from affectstream.errors import AffectstreamError, ConfigError
 from affectstream.stream.messages import MessageType, Record, StreamRecord, Wire
 
 log = logging.getLogger(__name__)
@@ -41,7 +48,15 @@ CREATE TABLE IF NOT EXISTS pruned (
     stream TEXT PRIMARY KEY,
     through_seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS high_water (
+    stream TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
 """
+
+
+class EventLogWriteError(AffectstreamError):
+    """The log could not store a batch (disk full, file gone read-only); nothing of it was stored."""
 
 
 @dataclass(frozen=True)
@@ -77,19 +92,7 @@ class EventLog:
     def __init__(self, config: EventLogConfig, clock_ms: Callable[[], int] | None = None) -> None:
         self.config = config
         self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
-        target = ":memory:" if config.path is None else str(config.path)
-        if config.path is not None:
-            config.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as error:
-            raise ConfigError(f"cannot open the event log {target!r} ({error}): pass a writable "
-                              "--event-log path") from error
-        if config.path is not None:
-            # WAL + NORMAL: a crash may lose the last transaction but never corrupts the log.
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = _open(config.path)
         self._last_prune_ms = 0
         self.ignored_duplicates = 0
 
@@ -100,22 +103,35 @@ class EventLog:
         return kind in DURABLE_TYPES or (kind == MessageType.ESTIMATE.value and self.config.estimate_retention_s > 0)
 
     def append(self, messages: Iterable[Record]) -> int:
-        """Store the durable ones (their JSON text as sent) in one transaction; returns how many."""
-        rows = [(m.stream, m.seq, m.type.value, m.wall, m.text)
-                for m in messages if isinstance(m, StreamRecord) and self.stores(m)]
-        if not rows:
+        """Store the durable ones (their JSON text as sent) and every stream's highest seq, in one
+        transaction; returns how many messages were stored. Raises EventLogWriteError (nothing stored)."""
+        records = [m for m in messages if isinstance(m, StreamRecord)]
+        rows = [(m.stream, m.seq, m.type.value, m.wall, m.text) for m in records if self.stores(m)]
+        highest: dict[str, int] = {}
+        for m in records:
+            highest[m.stream] = max(m.seq, highest.get(m.stream, m.seq))
+        if not highest:
             return 0
-        with self._transaction():
-            before = self._db.total_changes
-            self._db.executemany("INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?)", rows)
-            stored = self._db.total_changes - before
+        try:
+            with self._transaction():
+                before = self._db.total_changes
+                self._db.executemany("INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?)", rows)
+                stored = self._db.total_changes - before
+                self._db.executemany(
+                    "INSERT INTO high_water VALUES (?, ?) ON CONFLICT(stream) DO UPDATE "
+                    "SET seq = MAX(seq, excluded.seq)", sorted(highest.items()))
+        except sqlite3.Error as error:
+            raise EventLogWriteError(f"the event log {self._where} cannot store messages ({error})") from error
         if stored < len(rows):
             # A pipeline restarted from seq 0 over an existing log: its messages would shadow nothing,
             # so they are ignored here; the lead's runner starts numbering at next_seq() instead.
             self.ignored_duplicates += len(rows) - stored
             log.warning("event log: %d message(s) reused a stored (stream, seq) and were not stored; "
                         "start stream numbering at EventLog.next_seq()", len(rows) - stored)
-        self._maybe_prune()
+        try:
+            self._maybe_prune()
+        except sqlite3.Error as error:  # pruning frees space later; the batch itself is stored
+            log.debug("event log: pruning failed: %s", error)
         return stored
 
     def append_message(self, message: Record) -> int:
@@ -135,10 +151,17 @@ class EventLog:
         return -1 if row is None else int(row[0])
 
     def next_seq(self, stream: str) -> int:
-        """The seq a restarted pipeline should give its next message of ``stream``."""
-        row = self._db.execute("SELECT MAX(seq) FROM messages WHERE stream = ?", (stream,)).fetchone()
-        stored = -1 if row is None or row[0] is None else int(row[0])
-        return max(stored, self.pruned_through(stream)) + 1
+        """The seq a restarted pipeline should give its next message of ``stream``; ConfigError when the
+        log cannot be read (numbering from a guess could reuse seqs clients have seen)."""
+        try:
+            row = self._db.execute("SELECT MAX(seq) FROM messages WHERE stream = ?", (stream,)).fetchone()
+            stored = -1 if row is None or row[0] is None else int(row[0])
+            mark = self._db.execute("SELECT seq FROM high_water WHERE stream = ?", (stream,)).fetchone()
+            sent = -1 if mark is None else int(mark[0])
+            return max(stored, sent, self.pruned_through(stream)) + 1
+        except sqlite3.Error as error:
+            raise ConfigError(f"cannot read the event log {self._where} ({error}): free space on its disk "
+                              "or pass another --event-log path") from error
 
     def streams(self) -> list[str]:
         return [row[0] for row in self._db.execute("SELECT DISTINCT stream FROM messages ORDER BY stream")]
@@ -178,8 +201,41 @@ class EventLog:
         if now - self._last_prune_ms >= 10_000:  # retention is coarse: prune at most every 10 s
             self.prune(now)
 
+    @property
+    def _where(self) -> str:
+        return "in memory" if self.config.path is None else str(self.config.path)
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+def _open(path: Path | None) -> sqlite3.Connection:
+    """The log's connection with its schema; ConfigError says what is wrong with ``path``."""
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"--event-log {path}: cannot create its directory {path.parent} "
+                              f"({error.strerror or error}); pick another path") from error
+        if path.is_dir():
+            raise ConfigError(f"--event-log {path} is a directory; give a file name")
+    try:
+        db = sqlite3.connect(":memory:" if path is None else str(path), check_same_thread=False,
+                             isolation_level=None)
+        db.executescript(_SCHEMA)
+        if path is not None:
+            # WAL + NORMAL: a crash of the process loses nothing committed; a power cut may lose the
+            # last transaction but never corrupts the log.
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.DatabaseError as error:
+        if "not a database" in str(error) or "malformed" in str(error):
+            raise ConfigError(f"--event-log {path} is not an affectstream event log or is damaged "
+                              f"(SQLite: {error}); move it away to start a new log, or pass another path"
+                              ) from error
+        raise ConfigError(f"cannot open the event log {path} ({error}): check that the path is "
+                          "writable and the disk has space") from error
+    return db
 
 
 class _Transaction:
@@ -190,4 +246,17 @@ class _Transaction:
         self._db.execute("BEGIN")
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                self._rollback()  # a COMMIT that fails (SQLITE_FULL) leaves the transaction open
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:  # nothing to roll back any more: SQLite already did
+            pass

@@ -2,7 +2,8 @@
 
 Inside the program a message is a frozen record: ``Estimate``, ``Summary``, ``Event``, ``Stats``
 (per stream: ``stream``, ``seq`` strictly increasing from 0, ``ts`` media time in s, ``wall`` server
-time in ms since the epoch) and ``Hello``, ``Subscribed``, ``Lagged``, ``ErrorReply`` (per client).
+time in ms since the epoch), ``Hello``, ``Subscribed``, ``Lagged``, ``ErrorReply`` (per client) and
+``ServerStatus`` (the server's own state, to every client).
 A record becomes wire JSON once, at the edge: ``to_wire()`` is its JSON object and ``text`` the
 encoded line, computed on first use and shared by every sink, the event log and every client.
 
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
 
 Wire = dict[str, Any]  # a message's JSON object, as sent
 
+# The largest seq: exact as a JSON number in every client (JavaScript's Number.MAX_SAFE_INTEGER) and
+# in SQLite's 64-bit integers. At 1000 messages a second it lasts 285,000 years.
+MAX_SEQ = 2**53 - 1
+
 
 class MessageType(str, enum.Enum):
     HELLO = "hello"
@@ -39,6 +44,7 @@ class MessageType(str, enum.Enum):
     SUBSCRIBED = "subscribed"
     LAGGED = "lagged"
     ERROR = "error"
+    SERVER_STATUS = "server_status"
 
 
 # What a client may subscribe to: the per-stream types.
@@ -365,6 +371,21 @@ class ErrorReply(Record):
 
     def _body(self) -> Wire:
         return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerStatus(Record):
+    """The server's event log changed state (``ok`` / ``failing``); sent to every client, and after
+    ``hello`` to a client that connects while it is failing."""
+
+    TYPE: ClassVar[MessageType] = MessageType.SERVER_STATUS
+    event_log: str
+    backlog: int
+    lost: int
+    detail: str | None = None
+
+    def _body(self) -> Wire:
+        return {"event_log": self.event_log, "backlog": self.backlog, "lost": self.lost, "detail": self.detail}
 
 
 class SeqCounter:

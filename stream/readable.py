@@ -35,6 +35,10 @@ def format_message(message: Wire) -> str:
         latency = message.get("latency_ms") or {}
         return (f"{head} input={message.get('input_fps')}fps sampled={message.get('sampled_fps')}fps "
                 f"drops={message.get('drops')} p50={latency.get('p50')}ms p99={latency.get('p99')}ms")
+    if kind == "server_status":
+        detail = f": {message['detail']}" if message.get("detail") else ""
+        return (f"{head} event log {message.get('event_log')} backlog={message.get('backlog')} "
+                f"lost={message.get('lost')}{detail}")
     if kind == "hello":
         return f"{head} {message.get('server')} streams={','.join(message.get('streams') or [])}"
     return f"{head} {json.dumps(message)}"

@@ -7,8 +7,13 @@ stores durable messages in the event log, and hands every message to each client
 client sends what its session releases, at the pace its socket accepts: a client that stops reading
 only fills its own bounded queue, then is told it lagged, so it never slows the pipeline or others.
 
-Admission happens before the upgrade, in ``process_request``: token (401), Origin (403), a malformed
-``?resume=`` (400), connection cap (503). Plain HTTP GETs get the dashboard's files.
+Admission happens before the upgrade, in ``process_request``: Host (403: a name that is not ours is
+how DNS rebinding gets a browser to talk to us), token (401), Origin (403), a malformed ``?resume=``
+(400), connection cap (503). Plain HTTP GET and HEAD get the dashboard's files; other methods 405.
+
+The event log writes through ``BufferedLog`` (stream/log_backlog.py): when it cannot write (a full
+disk) clients still get everything live, each is told with a ``server_status`` message, and
+``StreamServer.log_health`` says at the end what was not stored.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import hmac
 import http
 import ipaddress
@@ -33,7 +39,9 @@ from urllib.parse import parse_qs, urlsplit
 from affectstream._version import PROTOCOL_VERSION
 from affectstream.errors import AffectstreamError, ConfigError, MissingExtraError
 from affectstream.stream.eventlog import EventLog, EventLogConfig
-from affectstream.stream.messages import ErrorReply, Hello, Record
+from affectstream.stream.log_backlog import BufferedLog, LogHealth, LogState
+from affectstream.stream.messages import ErrorReply, Hello, Record, ServerStatus
+from affectstream.stream.netloc import host_port
 from affectstream.stream.subscriptions import ClientSession, Outgoing, ProtocolError, resume_in_query
 
 if TYPE_CHECKING:
@@ -61,6 +69,7 @@ class ServerConfig:
     port: int = 8765  # 0: any free port (read it back from StreamServer.port)
     token: str | None = None
     allowed_origins: tuple[str, ...] = ()  # browser Origins besides the dashboard's own; "*" = any
+    allowed_hosts: tuple[str, ...] = ()  # Host names besides localhost and IP literals; "*" = any
     max_message_bytes: int = 64 * 1024  # largest client message; bigger closes with 1009
     max_connections: int = 256
     ping_interval_s: float | None = 20.0
@@ -95,6 +104,30 @@ def is_loopback(host: str) -> bool:
         return False  # a hostname or "0.0.0.0"-like wildcard: treat as reachable from outside
 
 
+def host_name(host_header: str) -> str:
+    """The name in a Host header, without port or IPv6 brackets, lower case ("" if there is none)."""
+    value = host_header.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else ""
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def host_allowed(host_header: str, bound: str, allowed: tuple[str, ...]) -> bool:
+    """A request may name us as localhost, an IP address, the address we are bound to, or an allowed
+    name. Any other name is refused: a page on evil.example that re-resolves its own name to our
+    address (DNS rebinding) sends ``Host: evil.example``, and its Origin matches that Host."""
+    name = host_name(host_header)
+    if not name:
+        return False
+    if "*" in allowed or name in {h.lower() for h in allowed} or name == bound.lower() or name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return name.endswith(".localhost")  # RFC 6761: always loopback
+    return True  # an IP literal cannot be rebound
+
+
 @dataclass(eq=False)  # identity: clients live in a set
 class _Client:
     connection: ServerConnection
@@ -122,8 +155,9 @@ class StreamServer:
     def __init__(self, config: ServerConfig, hello: Callable[[], Hello], eventlog: EventLog | None = None) -> None:
         self.config = config
         self._hello = hello
-        self._eventlog = eventlog or EventLog(
-            EventLogConfig(config.eventlog_path, config.retention_s, config.estimate_retention_s))
+        self._log = BufferedLog(eventlog or EventLog(
+            EventLogConfig(config.eventlog_path, config.retention_s, config.estimate_retention_s)))
+        self._log_health: LogHealth | None = None  # set by stop()
         self._web = _load_web_files()
         self._lock = threading.Lock()
         self._inbox: collections.deque[Record] = collections.deque()
@@ -152,7 +186,7 @@ class StreamServer:
         if not self._started.wait(timeout):
             raise AffectstreamError(f"the websocket server did not start within {timeout} s")
         if self._start_error is not None or self._loop is None:
-            raise AffectstreamError(f"cannot listen on {self.config.host}:{self.config.port} "
+            raise AffectstreamError(f"cannot listen on {host_port(self.config.host, self.config.port)} "
                                     f"({self._start_error or 'see the log'}): pick another --port or stop what uses it"
                                     ) from self._start_error
         log.debug("websocket server listening on %s", self.url)
@@ -166,7 +200,13 @@ class StreamServer:
                 pass  # the loop already ended
         if self._thread is not None:
             self._thread.join(timeout)
-        self._eventlog.close()
+        if self._log_health is None:
+            self._log_health = self._log.close()
+
+    @property
+    def log_health(self) -> LogHealth:
+        """The event log's state; after ``stop()``, what it finally did not store."""
+        return self._log_health or self._log.health()
 
     @property
     def port(self) -> int:
@@ -174,8 +214,7 @@ class StreamServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
-        return f"ws://{host}:{self.port}/ws"
+        return f"ws://{host_port(self.config.host, self.port)}/ws"
 
     # -- the pipeline's side (any thread, never blocks) ----------------------------------------------
 
@@ -205,7 +244,7 @@ class StreamServer:
 
     def next_seq(self, stream: str) -> int:
         """Where a (re)started pipeline should number ``stream`` from, so resume spans restarts."""
-        return self._on_loop(lambda: self._eventlog.next_seq(stream))
+        return self._on_loop(lambda: self._log.eventlog.next_seq(stream))
 
     def counters(self) -> ServerCounters:
         return self._on_loop(self._counters)
@@ -281,7 +320,9 @@ class StreamServer:
                 log.exception("dropping a %s message that is not valid JSON", message.type.value)
                 continue
             encoded.append(message)
-        self._eventlog.append(encoded)
+        # Stored before it is sent: the log's high-water mark covers every seq a client may see.
+        if self._log.append(encoded):
+            encoded.append(self._status())
         self._published += len(encoded)
         for message in encoded:
             item = Outgoing.of(message)
@@ -289,6 +330,11 @@ class StreamServer:
                 client.session.offer(item)
         for client in self._clients:
             client.wake.set()
+
+    def _status(self) -> ServerStatus:
+        health = self._log.health()
+        return ServerStatus(event_log=health.state.value, backlog=health.backlog, lost=health.lost,
+                            detail=health.error)
 
     def _warn_drop(self) -> None:
         now = time.monotonic()
@@ -301,8 +347,14 @@ class StreamServer:
 
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
+        host = request.headers.get("Host", "")
+        if not host_allowed(host, self.config.host, self.config.allowed_hosts):
+            name = host_name(host) or "(none)"
+            return connection.respond(http.HTTPStatus.FORBIDDEN,
+                                      f"Host {name} is not this server's name: start the server with "
+                                      f"--allow-host {name} if it is\n")
         if request.headers.get("Upgrade", "").lower() != "websocket":
-            return self._http(connection, path)
+            return self._http(connection, request.method, path)
         if self.config.token is not None and not self._token_ok(request):
             return connection.respond(http.HTTPStatus.UNAUTHORIZED,
                                       "missing or wrong token: add ?token=... to the URL or send "
@@ -335,27 +387,36 @@ class StreamServer:
         allowed = self.config.allowed_origins
         return "*" in allowed or origin in allowed or origin in (f"http://{host}", f"https://{host}")
 
-    def _http(self, connection: ServerConnection, path: str) -> Response:
+    def _http(self, connection: ServerConnection, method: str, path: str) -> Response:
         from websockets.datastructures import Headers
         from websockets.http11 import Response
 
+        if method not in ("GET", "HEAD"):
+            response = connection.respond(http.HTTPStatus.METHOD_NOT_ALLOWED,
+                                          f"{method} is not supported here: the dashboard answers GET and HEAD\n")
+            response.headers["Allow"] = "GET, HEAD"
+            return _without_body(response) if method == "HEAD" else response
         if path == "/healthz":
-            return connection.respond(http.HTTPStatus.OK, "ok\n")
-        if path not in self._web:
-            return connection.respond(http.HTTPStatus.NOT_FOUND, "not found: the dashboard is at /\n")
-        body, content_type = self._web[path]
-        headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
-                           ("Cache-Control", "no-cache"), ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
-                           ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer")])
-        return Response(200, "OK", headers, body)
+            response = connection.respond(http.HTTPStatus.OK, "ok\n")
+        elif path not in self._web:
+            response = connection.respond(http.HTTPStatus.NOT_FOUND, "not found: the dashboard is at /\n")
+        else:
+            body, content_type = self._web[path]
+            headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                               ("Cache-Control", "no-cache"), ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+                               ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer")])
+            response = Response(200, "OK", headers, body)
+        return _without_body(response) if method == "HEAD" else response
 
     # -- one client -------------------------------------------------------------------------------------
 
     async def _handle(self, connection: ServerConnection) -> None:
-        client = _Client(connection, ClientSession(self.config.client_queue_size, self._eventlog.since))
+        client = _Client(connection, ClientSession(self.config.client_queue_size, self._log.since))
         self._clients.add(client)
         log.debug("client %s connected (%d now)", connection.remote_address, len(self._clients))
         client.session.reply(self._hello())
+        if self._log.health().state is not LogState.OK:
+            client.session.reply(self._status())
         # Before the first await: no live message can be offered to this client ahead of its resume.
         resume = resume_in_query(urlsplit(connection.request.path).query) if connection.request else {}
         if resume:
@@ -433,6 +494,11 @@ class StreamServer:
         )
 
 
+def _without_body(response: Response) -> Response:
+    # HEAD: the headers GET would send (Content-Length included), no body.
+    return dataclasses.replace(response, body=b"")
+
+
 def _require_websockets() -> None:
     try:
         import websockets  # noqa: F401
@@ -449,6 +515,7 @@ def server_config_from_args(args: argparse.Namespace, environment: dict[str, str
     token = args.token or environment.get("AFFECTSTREAM_TOKEN") or None
     return ServerConfig(
         host=args.host, port=args.port, token=token, allowed_origins=tuple(args.allow_origin),
+        allowed_hosts=tuple(args.allow_host),
         max_connections=args.max_connections, insecure=args.insecure,
         eventlog_path=Path(args.event_log) if args.event_log else None, retention_s=args.retention,
     )

@@ -31,7 +31,7 @@ from urllib.parse import parse_qs
 
 from affectstream.stream import messages
 from affectstream.stream.eventlog import DURABLE_TYPES, StoredMessage
-from affectstream.stream.messages import LagEntry, Lagged, MessageType, Record, Subscribed
+from affectstream.stream.messages import MAX_SEQ, LagEntry, Lagged, MessageType, Record, Subscribed
 
 COALESCED_TYPES: frozenset[str] = frozenset({MessageType.ESTIMATE.value, MessageType.STATS.value})
 STREAM_TYPES: tuple[str, ...] = tuple(t.value for t in messages.STREAM_TYPES)
@@ -410,10 +410,10 @@ def resume_in_query(query: str) -> dict[str, int]:
 def _seq_map(request: dict[str, Any]) -> dict[str, int]:
     value = request.get("streams")
     if not isinstance(value, dict) or not all(
-        isinstance(seq, int) and not isinstance(seq, bool) and seq >= -1 for seq in value.values()
+        isinstance(seq, int) and not isinstance(seq, bool) and -1 <= seq <= MAX_SEQ for seq in value.values()
     ):
         raise ProtocolError("bad_message", "'streams' must map stream ids to the last seq received "
-                            "(an integer >= -1; -1 replays everything the log keeps)")
+                            f"(an integer from -1 to {MAX_SEQ}; -1 replays everything the log keeps)")
     return dict(value)
 
 

@@ -71,6 +71,7 @@ function handle(message) {
     case "event": onEvent(message); break;
     case "stats": onStats(message); break;
     case "lagged": onLagged(message); break;
+    case "server_status": onServerStatus(message); break;
     default: break;  // unknown types and fields are ignored (protocol v1)
   }
 }
@@ -95,6 +96,14 @@ function onLagged(message) {
   const after = {};
   for (const [stream, info] of Object.entries(message.streams || {})) after[stream] = info.resume_after;
   if (state.socket) state.socket.send(JSON.stringify({ type: "resume", streams: after }));
+}
+
+function onServerStatus(message) {
+  // The event log cannot write (a full disk): live data goes on, but a later replay may miss some.
+  const node = document.getElementById("eventlog");
+  node.hidden = message.event_log === "ok";
+  node.textContent = `event log ${message.event_log}: ${message.backlog} waiting, ${message.lost} lost`;
+  node.title = message.detail || "";
 }
 
 function card(stream) {
