@@ -85,7 +85,8 @@ class SourceOutcome(str, enum.Enum):
     """Typed outcome of a source that stopped giving frames; carried by errors and events."""
 
     ENDED = "ended"  # a file reached its end normally
-    MISSING = "missing"  # the path does not exist
+    MISSING = "missing"  # the path does not exist, or the server says the address does not (404, 410)
+    DENIED = "denied"  # the server refuses access (401, 403): wrong or missing credentials
     EMPTY = "empty"  # the file has 0 bytes
     NOT_VIDEO = "not_video"  # exists but no decoder understands it
     NO_VIDEO_TRACK = "no_video_track"  # a media file without a video stream (e.g. audio-only)

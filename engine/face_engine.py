@@ -124,6 +124,10 @@ class FaceObservation:
     box: FaceBox
     probabilities: np.ndarray  # (len(EXPRESSION_LABELS),) float32, sums to 1
 
+    def scaled(self, factor: float) -> FaceObservation:
+        """The observation with its box on a frame ``factor`` times as large."""
+        return self if factor == 1.0 else FaceObservation(self.box.scaled(factor), self.probabilities)
+
 
 class ExpressionModel(Protocol):
     """What the face stage needs of ``engine.expression.ExpressionClassifier``."""

@@ -81,6 +81,13 @@ class FaceBox:
         """``[x, y, w, h]``, as the wire protocol's ``box``."""
         return [self.x, self.y, self.w, self.h]
 
+    def scaled(self, factor: float) -> FaceBox:
+        """The same box on a frame ``factor`` times as large (landmarks too; the score stays)."""
+        if factor == 1.0:
+            return self
+        landmarks = None if self.landmarks is None else tuple((x * factor, y * factor) for x, y in self.landmarks)
+        return FaceBox(self.x * factor, self.y * factor, self.w * factor, self.h * factor, self.score, landmarks)
+
 
 @runtime_checkable
 class FaceDetector(Protocol):

@@ -1,10 +1,11 @@
-"""Media time of decoded frames: FFmpeg's best-effort timestamp, and a clock that fills gaps."""
+"""Media time of decoded frames: FFmpeg's best-effort timestamp, and a clock that fills gaps and stalls."""
 
 from __future__ import annotations
 
 from typing import Any
 
 FALLBACK_FPS = 25.0  # spacing of invented timestamps when a stream has neither pts nor a frame rate
+_SAME_S = 1e-9  # timestamps closer than this are the same instant (time bases are at most ns-fine)
 
 
 class TimestampCorrector:
@@ -44,24 +45,46 @@ class TimestampCorrector:
 
 
 class FrameClock:
-    """Media time of each frame: the container's, or previous + 1/fps when a frame has none."""
+    """Media time of each frame: the container's, or previous + 1/fps when a frame has none or its
+    clock is stuck.
+
+    A stuck clock is a timestamp that does not advance past the previous frame's (an MP4 whose stts
+    deltas are 0 stamps every frame 0.000 s): read as given, the whole file would be one instant, so
+    such a frame gets previous + 1/fps, as a frame without one does (``repaired`` counts them). Once
+    the container's own times pass the respaced ones they are used again. A timestamp that goes
+    *back* (a source that restarts its clock) is kept: that is a jump, not a stuck clock, and the
+    sessions handle it.
+    """
 
     def __init__(self, nominal_fps: float | None) -> None:
         self._step = 1.0 / (nominal_fps or FALLBACK_FPS)
         self._first: float | None = None
+        self._last_given: float | None = None  # the container's previous timestamp, as it came
         self.last: float | None = None
         self.count = 0
         self.missing = 0
+        self.repaired = 0
 
     def next(self, pts_s: float | None) -> float:
+        given = pts_s
         if pts_s is None:
             self.missing += 1
             pts_s = 0.0 if self.last is None else self.last + self._step
+        elif self.last is not None and self._stuck(pts_s, self.last):
+            self.repaired += 1
+            pts_s = self.last + self._step
+        if given is not None:
+            self._last_given = given
         if self._first is None:
             self._first = pts_s
         self.last = pts_s
         self.count += 1
         return pts_s
+
+    def _stuck(self, pts_s: float, last: float) -> bool:
+        """The same timestamp as the previous frame's, or one still behind what respacing gave."""
+        given = self._last_given
+        return given is not None and (abs(pts_s - given) < _SAME_S or given < pts_s <= last)
 
     def mean_interval(self) -> float | None:
         if self._first is None or self.last is None or self.count < 2:

@@ -2,7 +2,9 @@
 
 Everything here is a frozen dataclass or an enum so it can be handed between threads without copies
 or locks. ``VideoFrame.image`` is an ``HxWx3`` uint8 RGB array owned by the frame (sources copy
-out of decoder buffers before handing it on).
+out of decoder buffers before handing it on), upright as a player shows it, and no larger than
+``fit_within`` allows: a 4K or 8K frame is reduced as it is decoded, so that rings and batches hold
+what the models read, not the source's full resolution.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ class VideoFrame:
     captured_ns: int
     wall_ms: int
     image: np.ndarray = field(repr=False, compare=False)
+    # (width, height) of the frame as a player shows it (rotated, full size) when ``image`` was reduced
+    # to fit ``SourceConfig.max_frame_side``; None when ``image`` is that frame itself. Boxes on the
+    # wire are in these pixels (``source_scale``), not in the reduced image's.
+    source_size: tuple[int, int] | None = None
 
     @property
     def height(self) -> int:
@@ -42,6 +48,23 @@ class VideoFrame:
     @property
     def width(self) -> int:
         return int(self.image.shape[1])
+
+    @property
+    def source_scale(self) -> float:
+        """Source pixels per image pixel: what maps a box found on ``image`` to the displayed frame."""
+        if self.source_size is None or self.width == 0:
+            return 1.0
+        return self.source_size[0] / self.width
+
+
+def fit_within(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """The (width, height) a frame is reduced to: its long side at most ``max_side``, the aspect kept
+    (None: no limit). Never enlarged."""
+    long_side = max(width, height)
+    if max_side is None or long_side <= max_side:
+        return width, height
+    scale = max_side / long_side
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 class SourceState(str, enum.Enum):

@@ -16,8 +16,12 @@ that fails is replaced by a fresh one from ``source_factory`` after an exponenti
 are interruptible by ``stop()``). Whatever happens, the thread ends with a terminal event and closes
 the ring, so the reader of the ring always learns that the stream is over.
 
-``stop()`` takes effect between frames: a live source blocked in ``read()`` returns within its
-``read_timeout_s``.
+``stop()`` takes effect between frames, and wakes a backoff sleep at once. A source blocked inside
+FFmpeg (an open or a read of a camera that stopped answering) cannot be cut short: PyAV ends those
+calls only by its own timeouts. So a grabber still busy ``_STOP_GRACE_S`` after ``stop()`` ends the
+stream from the stopping side (ENDED, STOPPED, the ring closed) and leaves the blocked call behind;
+its thread closes the source when the call returns (within the open or read timeout) and reports
+nothing more. Shutdown never waits for a camera's timeout.
 """
 
 from __future__ import annotations
@@ -31,13 +35,23 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from affectstream.errors import SourceError, SourceOpenError, SourceOutcome
-from affectstream.stream.frames import OverflowPolicy, SourceEvent, SourceState, VideoFrame, check_transition
+from affectstream.stream.frames import (
+    SOURCE_TRANSITIONS,
+    OverflowPolicy,
+    SourceEvent,
+    SourceState,
+    VideoFrame,
+    check_transition,
+)
 from affectstream.stream.messages import wall_ms
-from affectstream.stream.sources import Source, SourceConfig, SourceInfo
+from affectstream.stream.sources import Source, SourceConfig, SourceInfo, is_on_demand
 
 log = logging.getLogger(__name__)
 
 _PUT_POLL_S = 0.1  # a writer blocked on a full WAIT ring rechecks stop() this often
+# How long stop() lets the thread finish on its own (between frames: one frame interval at most) before
+# it ends the stream without it; well inside the 2 s a shutdown may take.
+_STOP_GRACE_S = 0.25
 
 
 class FrameRing(Protocol):
@@ -72,9 +86,22 @@ class RingModes:
 
 
 # Failures that retrying cannot mend: a device node that is not there, an address the server says
-# does not exist (404), media that is not a video or has no video track.
-_DEFINITIVE = frozenset({SourceOutcome.NO_SUCH_DEVICE, SourceOutcome.MISSING, SourceOutcome.NOT_VIDEO,
-                         SourceOutcome.NO_VIDEO_TRACK})
+# does not exist (404, 410) or refuses (401, 403), media that is not a video or has no video track.
+_DEFINITIVE = frozenset({SourceOutcome.NO_SUCH_DEVICE, SourceOutcome.MISSING, SourceOutcome.DENIED,
+                         SourceOutcome.NOT_VIDEO, SourceOutcome.NO_VIDEO_TRACK})
+
+
+def _definitive(failure: SourceError, never_up: bool) -> bool:
+    """Whether ``failure`` ends the stream at once instead of reconnecting.
+
+    Before the first connection, any definitive failure does. After it, only a web server's (http,
+    https): its 404 or HTML page is an answer about that address, which stays. A camera or streaming
+    server that rebooted may refuse its stream for a while until it is set up again, so a source of
+    the streaming protocols that was up keeps reconnecting.
+    """
+    if failure.outcome not in _DEFINITIVE:
+        return False
+    return never_up or is_on_demand(failure.uri)
 
 
 class _Stopped(Exception):
@@ -103,13 +130,18 @@ class Grabber:
         self._stop = threading.Event()
         self._external_stop = stop_event
         self._state = SourceState.NOT_STARTED
-        self._state_lock = threading.Lock()
+        # Held across a move and its event, so that events leave in the order of the moves, and
+        # reentrant, so that an observer may read ``state``. The thread and a stop() that ends the
+        # stream without it (see the module docstring) both move.
+        self._state_lock = threading.RLock()
+        self._doing = "starting"  # what the thread is busy with, for the message of a stop that leaves it
         self._frames_read = 0
         self._frames_since_open = 0
         self._last_pts: float | None = None  # media time of the last frame put, shifted (see _shift)
         self._ever_ran = False  # a source of this stream has opened at least once
         self._pts_shift: tuple[float, float | None] | None = None  # (restart ts, first pts of this connection)
         self._thread: threading.Thread | None = None
+        self._stop_timer: threading.Timer | None = None
 
     @property
     def state(self) -> SourceState:
@@ -127,14 +159,31 @@ class Grabber:
         self._thread.start()
 
     def stop(self) -> None:
-        """Ask the thread to finish (ENDED, outcome STOPPED); returns at once, see ``join``."""
+        """Ask the thread to finish (ENDED, outcome STOPPED); returns at once. The terminal event is in
+        the ring within ``_STOP_GRACE_S``, even while the source is blocked (see the module docstring)."""
+        already = self._stop.is_set()
         self._stop.set()
         if self._thread is None and self.state is SourceState.NOT_STARTED:
             self._finish(SourceState.ENDED, SourceOutcome.STOPPED, "stopped before it started")
             self._ring.close()
+        elif self._thread is not None and not already:
+            timer = threading.Timer(_STOP_GRACE_S, self._leave_blocked)
+            timer.daemon = True  # never keeps the process alive
+            timer.name = f"affectstream-stop-{self.stream_id}"
+            self._stop_timer = timer
+            timer.start()
+
+    def _leave_blocked(self) -> None:
+        """stop()'s grace is over and the thread is still in the source: end the stream without it."""
+        if self._thread is None or not self._thread.is_alive():
+            return
+        log.info("%s: stopped while %s; the source is closed when its call returns", self.stream_id, self._doing)
+        self._finish(SourceState.ENDED, SourceOutcome.STOPPED, f"stopped while {self._doing}")
+        self._ring.close()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the thread; True once it has finished (or was never started)."""
+        """Wait for the thread; True once it has finished (or was never started). After a stop() that
+        left a blocked source behind, the thread may outlive the stream by the source's timeout."""
         if self._thread is not None:
             self._thread.join(timeout)
             return not self._thread.is_alive()
@@ -155,12 +204,15 @@ class Grabber:
             self._finish(SourceState.FAILED, None, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self._ring.close()
+            if self._stop_timer is not None:
+                self._stop_timer.cancel()  # the thread made it on its own
 
     def _loop(self) -> None:
         attempt = 0  # failed connections in a row (live sources)
         while True:
             self._check_stop()
             self._move(SourceState.OPENING, attempt=attempt)
+            self._doing = f"reopening (attempt {attempt})" if attempt else "opening"
             source = self._source_factory()
             try:
                 failure = self._run_source(source)
@@ -174,6 +226,7 @@ class Grabber:
             if self._gave_up(failure, attempt):
                 return
             self._move(SourceState.RECONNECTING, outcome=failure.outcome, detail=str(failure), attempt=attempt)
+            self._doing = "waiting to reconnect"
             delay = self._config.backoff_s(attempt)
             log.info("%s: reconnecting in %.1f s (attempt %d): %s", self.stream_id, delay, attempt, failure)
             self._sleep(delay)
@@ -182,7 +235,7 @@ class Grabber:
         """Out of attempts: a source never up after ``open_retries``, or any after ``max_reconnect_attempts``;
         a camera device that does not exist at all fails at once."""
         never_up = self._last_pts is None and not self._ever_ran
-        if never_up and failure.outcome in _DEFINITIVE:
+        if _definitive(failure, never_up):
             self._finish(SourceState.FAILED, failure.outcome, str(failure))
             return True
         retries = self._config.open_retries
@@ -211,6 +264,7 @@ class Grabber:
         self._ring.set_mode(*self._modes.mode(info.is_live))
         restart_ts = self._restart_ts(info)
         self._move(SourceState.RUNNING, detail=info.describe(), info=info, restart_ts=restart_ts)
+        self._doing = "reading"
         try:
             self._read_all(source)
         except SourceError as exc:
@@ -289,27 +343,36 @@ class Grabber:
 
     # -- state and events ------------------------------------------------------------------------
 
+    def _over(self) -> bool:
+        """The terminal event was sent (a state with no moves out)."""
+        return not SOURCE_TRANSITIONS[self._state]
+
     def _move(self, state: SourceState, outcome: SourceOutcome | None = None, detail: str = "",
               attempt: int = 0, damage: dict[str, Any] | None = None, info: SourceInfo | None = None,
               restart_ts: float | None = None) -> None:
         with self._state_lock:
+            if self._over():
+                # stop() ended the stream while this thread was blocked in the source: nothing more
+                # is reported, the thread only closes the source.
+                raise _Stopped()
             check_transition(self._state, state)
             self._state = state
-        log.debug("%s: %s %s", self.stream_id, state.value, detail)
-        event = SourceEvent(self.stream_id, state, wall_ms(), outcome=outcome, detail=detail, attempt=attempt,
-                            frames_read=self._frames_read, damage=damage, info=info, restart_ts=restart_ts)
-        self._ring.put_event(event)
-        if self._on_event is not None:
-            self._on_event(event)
+            log.debug("%s: %s %s", self.stream_id, state.value, detail)
+            event = SourceEvent(self.stream_id, state, wall_ms(), outcome=outcome, detail=detail, attempt=attempt,
+                                frames_read=self._frames_read, damage=damage, info=info, restart_ts=restart_ts)
+            self._ring.put_event(event)
+            if self._on_event is not None:
+                self._on_event(event)
 
     def _finish(self, state: SourceState, outcome: SourceOutcome | None, detail: str,
                 damage: dict[str, Any] | None = None) -> None:
-        """The terminal event, sent once (a second terminal move is ignored)."""
+        """The terminal event, sent once, by the thread or by a stop() that left it blocked (a second
+        terminal move is ignored)."""
         with self._state_lock:
-            if self._state in (SourceState.ENDED, SourceState.FAILED):
+            if self._over():
                 return
-        if state is SourceState.FAILED:
-            log.warning("%s failed (%s): %s", self.stream_id, outcome.value if outcome else "error", detail)
-        else:
-            log.info("%s ended (%s): %s", self.stream_id, outcome.value if outcome else "ended", detail)
-        self._move(state, outcome=outcome, detail=detail, damage=damage)
+            if state is SourceState.FAILED:
+                log.warning("%s failed (%s): %s", self.stream_id, outcome.value if outcome else "error", detail)
+            else:
+                log.info("%s ended (%s): %s", self.stream_id, outcome.value if outcome else "ended", detail)
+            self._move(state, outcome=outcome, detail=detail, damage=damage)

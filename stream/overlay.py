@@ -21,8 +21,13 @@ _BAR_COLOURS = [(60, 60, 230), (60, 200, 250), (80, 160, 60), (200, 120, 160), (
                 (170, 165, 155)]  # BGR; the 7th is neutral
 
 
-def draw_overlay(image_rgb: np.ndarray, labels: tuple[str, ...], estimate: Estimate | None) -> np.ndarray:
-    """Return a BGR copy of the frame with one bar per label and the sentiment written on it."""
+def draw_overlay(image_rgb: np.ndarray, labels: tuple[str, ...], estimate: Estimate | None,
+                 source_scale: float = 1.0) -> np.ndarray:
+    """Return a BGR copy of the frame with one bar per label and the sentiment written on it.
+
+    ``source_scale``: source pixels per pixel of ``image_rgb`` (``VideoFrame.source_scale``), since
+    boxes are in the source's pixels and a 4K frame is shown from its reduced image.
+    """
     canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
     scale = max(1.0, 480 / max(1, canvas.shape[1]))
     if scale > 1.0:
@@ -30,7 +35,7 @@ def draw_overlay(image_rgb: np.ndarray, labels: tuple[str, ...], estimate: Estim
     if estimate is None:
         return canvas
     for face in estimate.faces or ():
-        _draw_face(canvas, face, scale)
+        _draw_face(canvas, face, scale / source_scale)
     scores = estimate.scores
     bar_width = canvas.shape[1] // 3
     for row, label in enumerate(labels):
@@ -82,7 +87,7 @@ class OverlayWindow:
         self._labels = labels
         self._lock = threading.Lock()
         self._waiting: dict[str, collections.deque[VideoFrame]] = {}
-        self._shown: dict[str, tuple[np.ndarray, Estimate]] = {}
+        self._shown: dict[str, tuple[VideoFrame, Estimate]] = {}
         self._max_waiting = max_waiting
 
     def on_frame(self, frame: VideoFrame) -> None:
@@ -100,7 +105,7 @@ class OverlayWindow:
             if position is not None:
                 for _ in range(position):
                     waiting.popleft()  # older frames: their estimates came already or never will
-                self._shown[stream_id] = (waiting.popleft().image, message)
+                self._shown[stream_id] = (waiting.popleft(), message)
             elif stream_id in self._shown:  # its frame was evicted: keep the picture, update the bars
                 self._shown[stream_id] = (self._shown[stream_id][0], message)
 
@@ -110,7 +115,8 @@ class OverlayWindow:
             waiting = self._waiting.get(stream_id)
             newest = waiting[-1].image if waiting else None
         if shown is not None:
-            return draw_overlay(shown[0], self._labels, shown[1])
+            frame, estimate = shown
+            return draw_overlay(frame.image, self._labels, estimate, frame.source_scale)
         return None if newest is None else draw_overlay(newest, self._labels, None)
 
     def run(self, stop: threading.Event, done: threading.Event) -> None:

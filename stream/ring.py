@@ -9,11 +9,16 @@ removes the oldest unread frame (live sources: bounded latency, counted losses),
 writer (files: nothing lost). The grabber sets the policy when a source opens (``set_mode``), since
 only the opened source knows whether it is live.
 
+A ring is full at ``capacity`` frames or at ``max_bytes`` of pixels, whichever comes first: a count
+alone lets 32 frames of 8K (3.2 GB) wait in one ring. A frame larger than the whole budget is still
+taken when the ring is empty, so that nothing can wait for ever.
+
 Invariants, checked by the property tests (counters are of frames)::
 
     written == read + overwritten + len(buffer)
     frames come out in the order they went in (a subsequence of it under DROP_OLDEST)
     under WAIT nothing is ever overwritten; events always come out, in order
+    buffered_bytes <= max_bytes, or the ring holds one frame
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ from affectstream.errors import ConfigError
 from affectstream.stream.frames import OverflowPolicy, SourceEvent, VideoFrame
 
 RingItem = VideoFrame | SourceEvent
+
+# Pixels one ring may hold: 21 frames of 1080p (the size SourceConfig.max_frame_side reduces to), 48
+# of 720p; a file ring's 32 frames of 4K or 8K at full resolution would need 0.8 or 3.2 GB.
+DEFAULT_MAX_BYTES = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +56,16 @@ class RingCounters:
 class RingBuffer:
     """Fixed-capacity frame FIFO; see the module docstring."""
 
-    def __init__(self, capacity: int, policy: OverflowPolicy) -> None:
+    def __init__(self, capacity: int, policy: OverflowPolicy, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         _check_capacity(capacity)
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise ConfigError(f"ring buffer max_bytes must be a positive integer, got {max_bytes!r}")
         self._capacity = capacity
+        self._max_bytes = max_bytes
         self._policy = OverflowPolicy(policy)
         self._items: collections.deque[RingItem] = collections.deque()
         self._size = 0  # frames in _items
+        self._bytes = 0  # pixel bytes of the frames in _items
         self._written = 0
         self._overwritten = 0
         self._read = 0
@@ -70,6 +83,15 @@ class RingBuffer:
     @property
     def policy(self) -> OverflowPolicy:
         return self._policy
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
+    @property
+    def buffered_bytes(self) -> int:
+        with self._not_empty:
+            return self._bytes
 
     @property
     def closed(self) -> bool:
@@ -120,16 +142,18 @@ class RingBuffer:
 
         DROP_OLDEST never blocks: on a full ring it drops the oldest unread frame.
         """
+        nbytes = frame.image.nbytes
         with self._not_full:
-            if self._policy is OverflowPolicy.WAIT and not self._wait_for_slot(timeout):
+            if self._policy is OverflowPolicy.WAIT and not self._wait_for_slot(nbytes, timeout):
                 return False
             if self._closed:
                 return False
-            if self._size >= self._capacity:
-                # Only DROP_OLDEST gets here with a full ring: the oldest unread frame is lost.
+            while self._full(nbytes):
+                # Only DROP_OLDEST gets here with a full ring: the oldest unread frames are lost.
                 self._drop_oldest_frame()
             self._items.append(frame)
             self._size += 1
+            self._bytes += nbytes
             self._written += 1
             self._not_empty.notify()
             return True
@@ -156,6 +180,7 @@ class RingBuffer:
             item = self._items.popleft()
             if isinstance(item, VideoFrame):
                 self._size -= 1
+                self._bytes -= item.image.nbytes
                 self._read += 1
                 self._not_full.notify()
             return item
@@ -179,13 +204,18 @@ class RingBuffer:
             if isinstance(item, VideoFrame):
                 del self._items[index]
                 self._size -= 1
+                self._bytes -= item.image.nbytes
                 self._overwritten += 1
                 return
 
-    def _wait_for_slot(self, timeout: float | None) -> bool:
-        """Under the lock: wait until a slot is free or the ring closes; False on timeout."""
+    def _full(self, nbytes: int) -> bool:
+        """Under the lock: no room for a frame of ``nbytes`` (an empty ring always has room)."""
+        return self._size >= self._capacity or (self._size > 0 and self._bytes + nbytes > self._max_bytes)
+
+    def _wait_for_slot(self, nbytes: int, timeout: float | None) -> bool:
+        """Under the lock: wait until a frame of ``nbytes`` fits or the ring closes; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._size >= self._capacity and not self._closed:
+        while self._full(nbytes) and not self._closed:
             if not _wait(self._not_full, deadline):
                 return False
         return True

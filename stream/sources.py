@@ -53,6 +53,9 @@ class SourceConfig:
     rtsp_transport: str = "tcp"  # "tcp" survives lossy networks and NAT; "udp" has less latency
     max_plausible_fps: float = 240.0  # a header claiming more than this is treated as absent
     live_probe_s: float = 1.0  # how much of a live stream FFmpeg may analyse before the first frame
+    # Decoded frames are reduced so that their long side is at most this (None: full resolution); see
+    # docs/architecture.md "Frame size": 1080p keeps a 32 px face (CropPolicy.min_size) findable.
+    max_frame_side: int | None = 1920
 
     def __post_init__(self) -> None:
         for name in ("open_timeout_s", "read_timeout_s", "reconnect_initial_s", "reconnect_max_s",
@@ -72,6 +75,10 @@ class SourceConfig:
             if attempts is not None and (isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0):
                 raise ConfigError(f"SourceConfig.{name} must be a non-negative integer or None (forever), "
                                   f"got {attempts!r}")
+        side = self.max_frame_side
+        if side is not None and (isinstance(side, bool) or not isinstance(side, int) or side < 64):
+            raise ConfigError(f"SourceConfig.max_frame_side must be an integer of at least 64 pixels or None "
+                              f"(full resolution), got {side!r}")
         if self.rtsp_transport not in ("tcp", "udp", "udp_multicast", "http", "https"):
             raise ConfigError(f"SourceConfig.rtsp_transport must be tcp, udp, udp_multicast, http or https, "
                               f"got {self.rtsp_transport!r}")
@@ -108,6 +115,7 @@ class SourceDamage:
     decode_errors: int = 0  # packets that failed to demux or decode (skipped) or came flagged corrupt
     corrupt_frames: int = 0  # frames delivered, but flagged corrupt by the decoder (concealed damage)
     missing_pts: int = 0  # frames without a timestamp (given previous + 1/fps)
+    repaired_pts: int = 0  # frames whose timestamp did not advance (a stuck clock; given previous + 1/fps)
     last_pts: float | None = None
     expected_duration: float | None = None  # what the container claims, s
     expected_frames: int | None = None  # what the container claims
@@ -134,6 +142,8 @@ class SourceDamage:
             parts.append(f"{self.corrupt_frames} frames decoded with errors")
         if self.missing_pts:
             parts.append(f"{self.missing_pts} frames without timestamp")
+        if self.repaired_pts:
+            parts.append(f"{self.repaired_pts} timestamps that did not advance respaced")
         return ", ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
@@ -189,8 +199,7 @@ def is_live(uri: str, duration_s: float | None = None, opened: bool = False) -> 
         return True
     if kind is SourceKind.FILE:
         return False
-    scheme = uri.strip().lower().partition("://")[0]
-    if scheme in ON_DEMAND_SCHEMES and opened:
+    if is_on_demand(uri) and opened:
         return duration_s is None or not duration_s > 0
     return True
 
@@ -225,6 +234,12 @@ class SourceWrapper:
 
     def close(self) -> None:
         self._inner.close()
+
+
+def is_on_demand(uri: str) -> bool:
+    """An http(s) URL: each request gets an answer about that address (a 404 or a web page stays one),
+    unlike a camera or streaming server, which may refuse its stream while it restarts."""
+    return uri.strip().lower().partition("://")[0] in ON_DEMAND_SCHEMES
 
 
 def open_source(uri: str, stream_id: str, config: SourceConfig) -> Source:

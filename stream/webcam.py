@@ -9,7 +9,7 @@ from typing import Any
 
 from affectstream.errors import PipelineError, SourceOpenError, SourceOutcome, SourceReadError
 from affectstream.stream.frame_clock import FrameClock, plausible_fps
-from affectstream.stream.frames import VideoFrame
+from affectstream.stream.frames import VideoFrame, fit_within
 from affectstream.stream.sources import SourceConfig, SourceDamage, SourceInfo, SourceKind
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,14 @@ class WebcamSource:
         # The driver's buffer time when it has one, else the time since the first frame.
         pts_s = position_ms / 1000 if position_ms > 0 else (captured_ns - self._first_ns) / 1e9
         index = self._clock.count
+        height, width = bgr.shape[:2]
+        target = fit_within(width, height, self._config.max_frame_side)
+        reduced = target != (width, height)
+        if reduced:  # the same bound as files (SourceConfig.max_frame_side), before the colour copy
+            bgr = cv2.resize(bgr, target, interpolation=cv2.INTER_AREA)
         image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        return VideoFrame(self.stream_id, index, self._clock.next(pts_s), captured_ns, wall, image)
+        return VideoFrame(self.stream_id, index, self._clock.next(pts_s), captured_ns, wall, image,
+                          (width, height) if reduced else None)
 
     def close(self) -> None:
         capture, self._capture = self._capture, None

@@ -254,3 +254,68 @@ def _ffmpeg(*args: str) -> None:
         raise RuntimeError("ffmpeg is not installed (Debian: apt-get install ffmpeg)")
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], check=True, timeout=60,
                    capture_output=True)
+
+
+def make_display_rotated(path_in: Path | str, path_out: Path | str, degrees: int) -> Path:
+    """``path_in``'s stream copied into an MP4 whose display matrix turns it by ``degrees``, as a phone
+    writes it (ffmpeg 5.1 turns the ``rotate`` tag into the matrix; ``ffprobe_rotation`` reads it back).
+    Players show it turned ``degrees`` counter-clockwise (what FFmpeg's own autorotation does)."""
+    path_out = Path(path_out)
+    _ffmpeg("-i", str(path_in), "-map", "0:v:0", "-c", "copy", "-metadata:s:v:0", f"rotate={degrees}", str(path_out))
+    return path_out
+
+
+def ffprobe_rotation(path: Path | str) -> float | None:
+    """The display matrix rotation ffprobe reports for the first video stream (None: it has none)."""
+    output = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream_side_data=rotation",
+         "-of", "csv=p=0", str(path)],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout.strip()
+    return float(output) if output else None
+
+
+def ffmpeg_frames_rgb(path: Path | str, size: Size) -> np.ndarray:
+    """Every frame as FFmpeg's command line decodes it (autorotated, as players show it): N x H x W x 3."""
+    width, height = size
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         check=True, capture_output=True, timeout=60).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
+
+
+def zero_stts(path_in: Path | str, path_out: Path | str) -> Path:
+    """A copy of an MP4 whose sample table says every frame lasts 0 (each stts delta set to 0): every
+    frame's timestamp is then 0.000 s, as some broken muxers and screen recorders write. Give it an
+    ffmpeg-written file (one stts entry for all frames); FFmpeg reads a zeroed table of several
+    entries differently (it spaces the frames by what the last entry said)."""
+    data = bytearray(Path(path_in).read_bytes())
+    boxes = _mp4_boxes(data, 0, len(data), b"stts")
+    if not boxes:
+        raise ValueError(f"{path_in} has no stts box: not an MP4 with a sample table")
+    for box in boxes:
+        # stts: size, "stts", version+flags, entry count, then (sample count, sample delta) pairs.
+        entries = struct.unpack_from(">I", data, box + 12)[0]
+        for entry in range(entries):
+            struct.pack_into(">I", data, box + 16 + 8 * entry + 4, 0)
+    path_out = Path(path_out)
+    path_out.write_bytes(bytes(data))
+    return path_out
+
+
+_MP4_CONTAINERS = (b"moov", b"trak", b"mdia", b"minf", b"stbl")
+
+
+def _mp4_boxes(data: bytearray, start: int, end: int, kind: bytes) -> list[int]:
+    """Offsets of every ``kind`` box inside the sample tables (walked box by box, never searched for in
+    the media data, where the same four bytes may occur by chance)."""
+    found, offset = [], start
+    while offset + 8 <= end:
+        size, name = struct.unpack_from(">I", data, offset)[0], bytes(data[offset + 4:offset + 8])
+        if size < 8:
+            break
+        if name == kind:
+            found.append(offset)
+        elif name in _MP4_CONTAINERS:
+            found += _mp4_boxes(data, offset + 8, offset + size, kind)
+        offset += size
+    return found
