@@ -15,6 +15,7 @@ from pathlib import Path
 
 from affectstream.engine.interfaces import HeadKind
 from affectstream.errors import ConfigError
+from affectstream.stream.netloc import host_port, url_host
 
 
 def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
@@ -36,6 +37,14 @@ def number(low: float | None = None, high: float | None = None, *, low_open: boo
 
     parse.__name__ = "integer" if integer else "number"  # argparse names the type in its messages
     return parse
+
+
+def frame_side(text: str) -> int:
+    """``--max-frame-side``: 0 (full size) or at least 64 pixels (the smallest the detectors read)."""
+    value = int(number(0, integer=True)(text))
+    if 0 < value < 64:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: use 0 (full size) or a value >= 64")
+    return value
 
 
 def _describe(low: float | None, high: float | None, low_open: bool) -> str:
@@ -67,7 +76,14 @@ def parse_windows(text: str) -> tuple[float, ...]:
 
 def writable_file(path: str, what: str) -> Path:
     """``path`` can be written: its directory exists and is writable (nothing is created here)."""
-    target = Path(path)
+    try:
+        return _writable(Path(path), what)
+    except OSError as error:  # a name too long for the file system, a path through a file
+        raise ConfigError(f"{what} {path}: {error.strerror or error}; pick another path") from None
+
+
+def _writable(target: Path, what: str) -> Path:
+    path = str(target)
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise ConfigError(f"{what} {path}: the directory {parent} does not exist; create it or pick another path")
@@ -97,9 +113,9 @@ def port_free(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
-                raise ConfigError(f"port {port} on {host} is in use: stop what uses it, pick another --port, "
+                raise ConfigError(f"port {port} on {url_host(host)} is in use: stop what uses it, pick another --port, "
                                   "or --port 0 for any free one") from None
-            raise ConfigError(f"cannot listen on {host}:{port} ({error.strerror}): check --host") from None
+            raise ConfigError(f"cannot listen on {host_port(host, port)} ({error.strerror}): check --host") from None
 
 
 def bidirectional_bundle(path: str) -> bool:

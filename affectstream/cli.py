@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from affectstream._version import __version__
-from affectstream.checks import COUNT, NON_NEGATIVE, PORT, POSITIVE, PROBABILITY, number
+from affectstream.checks import COUNT, NON_NEGATIVE, PORT, POSITIVE, PROBABILITY, frame_side, number
 from affectstream.engine.interfaces import HeadKind
 from affectstream.engine.precisions import PRECISIONS, Backend
 from affectstream.errors import (
@@ -88,6 +88,9 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--open-retries", type=number(-1, integer=True), default=5, metavar="N",
                        help="a live source that never connected gives up after N retries, N+1 failed opens "
                        "(-1: retry for ever); one that was up and went away keeps reconnecting")
+    group.add_argument("--max-frame-side", type=frame_side, default=1920,
+                       metavar="PX", help="decoded frames larger than this on their long side are reduced to it "
+                       "as they are decoded (memory; boxes stay in the source's pixels); 0: full size")
     group.add_argument("--stats-interval", type=POSITIVE, default=2.0, help="seconds between stats messages")
     group.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v: per-frame debug; -vv: libraries too)")
 
@@ -101,6 +104,9 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--insecure", action="store_true", help="allow a non-loopback host without a token")
     group.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                        help="extra browser Origin allowed to connect (repeatable)")
+    group.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="host name clients may use to reach the server besides localhost and IP "
+                       "addresses (repeatable; other names get 403, against DNS rebinding)")
     group.add_argument("--event-log", default=None, metavar="PATH",
                        help="SQLite event log for resume (default: in memory)")
     group.add_argument("--retention", type=POSITIVE, default=24 * 3600.0, metavar="S",
@@ -231,8 +237,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate": _evaluate,
         "models": _models,
     }
+    status = _handle(handlers[args.command], args, environment)
+    if argv is None and args.command in _PROMPT_EXIT:
+        _exit_now(status)
+    return status
+
+
+# `run` and `analyze` end the process as soon as everything is written and closed: the interpreter's
+# own teardown of torch and ONNX Runtime takes 1.3 s more (measured on the 2-core VM), and a stopped
+# service must be gone within 2 s. Only when main() is the program (argv None), never for a caller.
+_PROMPT_EXIT = frozenset({"run", "analyze"})
+
+
+def _exit_now(status: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it anyway
+            pass
+    logging.shutdown()
+    os._exit(int(status))
+
+
+def _handle(handler: Callable[[argparse.Namespace, dict[str, str]], int], args: argparse.Namespace,
+            environment: dict[str, str]) -> int:
     try:
-        return handlers[args.command](args, environment)
+        return handler(args, environment)
     except KeyboardInterrupt as interrupt:
         log.warning("interrupted")
         return interrupted_status(interrupt)

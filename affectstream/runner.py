@@ -13,12 +13,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from affectstream._shutdown import HurryOnSignal
 from affectstream.checks import parse_windows
 from affectstream.engine.runtime import Engine, EngineChoice, load_engine
-from affectstream.errors import ConfigError, ExitStatus, SourceOutcome, interrupted_status
+from affectstream.errors import ConfigError, ExitStatus, SourceOutcome, Terminated, interrupted_status
 from affectstream.stream.batcher import BatchConfig
 from affectstream.stream.face_session import FaceConfig
 from affectstream.stream.messages import StreamRecord
+from affectstream.stream.netloc import host_port
 from affectstream.stream.pipeline import Pipeline, PipelineConfig, StreamOutcome
 from affectstream.stream.session import AnalyticsConfig, StreamSession
 from affectstream.stream.sinks import FanoutSink, JsonlSink, MemorySink, Sink
@@ -30,7 +32,7 @@ log = logging.getLogger("affectstream")
 _NOTHING_READ = {
     SourceOutcome.MISSING, SourceOutcome.EMPTY, SourceOutcome.NOT_VIDEO, SourceOutcome.NO_VIDEO_TRACK,
     SourceOutcome.OPEN_TIMEOUT, SourceOutcome.DEVICE_UNAVAILABLE, SourceOutcome.NO_SUCH_DEVICE,
-    SourceOutcome.CONNECTION_LOST,
+    SourceOutcome.CONNECTION_LOST, SourceOutcome.DENIED,
 }
 
 
@@ -64,7 +66,8 @@ def pipeline_config(args: argparse.Namespace, pace_files: bool, engine: Engine) 
         analytics=AnalyticsConfig(windows_s=parse_windows(args.windows), onset_threshold=onset,
                                   offset_threshold=offset),
         source=SourceConfig(open_timeout_s=args.open_timeout, read_timeout_s=args.read_timeout,
-                            open_retries=None if args.open_retries < 0 else int(args.open_retries)),
+                            open_retries=None if args.open_retries < 0 else int(args.open_retries),
+                            max_frame_side=args.max_frame_side or None),
         faces=FaceConfig(uncertain_below=args.uncertain_below),
         clip_input=_clip_input(args, engine),
         stats_interval_s=args.stats_interval,
@@ -102,8 +105,8 @@ def stream_status(outcome: StreamOutcome) -> int:
         return ExitStatus.OK if outcome.started else ExitStatus.NOTHING
     if outcome.outcome is SourceOutcome.ENDED:
         return ExitStatus.OK
-    if not outcome.estimates and outcome.outcome in _NOTHING_READ:
-        return ExitStatus.NOTHING
+    if not outcome.estimates and (outcome.outcome in _NOTHING_READ or not outcome.started):
+        return ExitStatus.NOTHING  # a source that never opened gave nothing, whatever its outcome
     return ExitStatus.PARTIAL
 
 
@@ -138,7 +141,7 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
     first_seqs: dict[str, int] = {}
     if server is not None:
         server.start()
-        log.info("dashboard and websocket at http://%s:%d/", args.host, server.port)
+        log.info("dashboard and websocket at http://%s/", host_port(args.host, server.port))
         first_seqs = {sid: server.next_seq(sid) for sid, _ in sources}
     pipeline = Pipeline(sources, engine.encoder, engine.head, sink, engine.labels, config,
                         first_seqs=first_seqs, faces=engine.faces)
@@ -168,13 +171,18 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
         interrupted = True
         log.info("stopping: flushing what is in flight")
     finally:
-        pipeline.stop()
-        sink.flush()
-        if server is not None:
-            server.stop()
-        sink.close()
+        with HurryOnSignal(pipeline.hurry) as guard:
+            pipeline.stop()
+            sink.flush()
+            if server is not None:
+                server.stop()
+            sink.close()
     status = exit_status(pipeline.outcomes)
-    return ExitStatus.OK if interrupted and status == ExitStatus.OK else status
+    if server is not None and server.log_health.failed and status == ExitStatus.OK:
+        status = ExitStatus.PARTIAL  # delivered live, but a later resume will not find all of it
+    if (interrupted or guard.status is not None) and status == ExitStatus.OK:
+        return ExitStatus.OK  # a live run stopped on request ends well
+    return status
 
 
 class _DoneEvent(threading.Event):
@@ -254,6 +262,7 @@ def summary_path(given: str | None, name: str, force: bool) -> Path:
     summary there is never replaced silently: without ``--force`` the next free NAME.affect-N.json."""
     if given:
         return Path(given)
+    name = _short_stem(name)
     path = Path(name + ".affect.json")
     if force or not path.exists():
         return path
@@ -263,6 +272,20 @@ def summary_path(given: str | None, name: str, force: bool) -> Path:
             print(f"{path} exists: writing {candidate} instead (--force replaces it)", file=sys.stderr)
             return candidate
     raise AssertionError("unreachable")
+
+
+_MAX_STEM_BYTES = 200  # a file name may have 255 bytes: room for ".affect-NNN.json"
+
+
+def _short_stem(name: str) -> str:
+    """``name`` cut to what a file name can hold, with a hash of the whole so that two long names differ."""
+    if len(name.encode()) <= _MAX_STEM_BYTES:
+        return name
+    import hashlib
+
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    cut = name.encode()[:_MAX_STEM_BYTES - 9].decode(errors="ignore")
+    return f"{cut}-{digest}"
 
 
 def _input_name(uri: str) -> str:
@@ -290,8 +313,11 @@ def _analyze_pass(uri: str, config: PipelineConfig, engine: Engine, head: Any, s
         interrupt = caught
         log.info("stopping: the summary of what was read is written (marked partial)")
     finally:
-        pipeline.stop()
-        sink.close()
+        with HurryOnSignal(pipeline.hurry) as guard:
+            pipeline.stop()
+            sink.close()
+    if interrupt is None and guard.status is not None:
+        interrupt = Terminated() if guard.status is ExitStatus.TERMINATED else KeyboardInterrupt()
     return interrupt, pipeline.outcomes["file"]
 
 

@@ -42,7 +42,7 @@ from affectstream.stream.frames import SourceEvent, SourceState, VideoFrame
 from affectstream.stream.grabber import Grabber, RingModes
 from affectstream.stream.messages import StreamRecord, wall_ms
 from affectstream.stream.pacing import PacedSource
-from affectstream.stream.ring import RingBuffer
+from affectstream.stream.ring import DEFAULT_MAX_BYTES, RingBuffer
 from affectstream.stream.sampler import DEFAULT_FILE_RATE_HZ, DEFAULT_LIVE_RATE_HZ, MediaTimeSampler
 from affectstream.stream.session import AnalyticsConfig, StreamSession
 from affectstream.stream.sinks import Sink
@@ -62,6 +62,7 @@ class PipelineConfig:
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     ring: RingModes = field(default_factory=RingModes)
+    ring_max_bytes: int = DEFAULT_MAX_BYTES  # pixels one stream's ring may hold, whatever its capacity in frames
     faces: FaceConfig = field(default_factory=FaceConfig)  # used when the pipeline has a face model
     # What CLIP encodes when both run: "frame", or "face" (each frame's primary face, engine/face_crops.py).
     clip_input: str = "frame"
@@ -104,7 +105,7 @@ class FrameResult:
     frame: VideoFrame
     scores: np.ndarray | None  # the whole-frame head's (None without CLIP)
     sentiment: float | None
-    faces: tuple[FaceObservation, ...] | None  # None without the face stage
+    faces: tuple[FaceObservation, ...] | None  # None without the face stage; boxes in source pixels
     stage_ms: dict[str, float]
 
 
@@ -126,6 +127,13 @@ class StreamOutcome:
     outcome: SourceOutcome | None = None  # how it ended; None for an internal error
     detail: str = ""
     damage: Mapping[str, object] | None = None  # what the reader counted as damaged (files)
+
+
+def in_source_pixels(found: tuple[FaceObservation, ...], frame: VideoFrame) -> tuple[FaceObservation, ...]:
+    """Boxes found on a reduced frame, on the frame the user sees (``VideoFrame.source_size``): the one
+    place where they change scale, so tracks, wire messages and reports are all in source pixels."""
+    scale = frame.source_scale
+    return found if scale == 1.0 else tuple(observation.scaled(scale) for observation in found)
 
 
 _IDLE = BatchDone(0)  # what the emitter sees when nothing arrived for a while
@@ -187,13 +195,15 @@ class Pipeline:
         self._config = config
         self._source_factory = source_factory
         self._stop = threading.Event()
+        self._hurry = threading.Event()  # set by hurry(): sampled frames still queued are skipped
         self._batches: BatchQueue[_BatchItem] = BatchQueue(config.batch.max_batch, config.batch.max_wait_ms)
         self._outbox: _Outbox = queue.SimpleQueue()
         self._streams: dict[str, _StreamRuntime] = {}
         for stream_id, uri in sources:
             # The ring starts in the mode the uri suggests; the grabber sets it from the opened source.
             policy, capacity = config.ring.mode(is_live(uri))
-            self._streams[stream_id] = _StreamRuntime(stream_id, uri, RingBuffer(capacity, policy),
+            self._streams[stream_id] = _StreamRuntime(stream_id, uri,
+                                                      RingBuffer(capacity, policy, config.ring_max_bytes),
                                                       config.max_in_flight)
         # A server with an event log hands over where each stream's numbering left off, so that
         # `resume` from a seq keeps working across restarts of affectstream.
@@ -240,6 +250,12 @@ class Pipeline:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every source has ended and its last message is written; False on timeout."""
         return self._done.wait(timeout)
+
+    def hurry(self) -> None:
+        """Stop, and skip the frames not yet analysed (a second Ctrl-C): every stream still gets its
+        final summary and `stream_ended`. Any thread; the batch being analysed finishes first."""
+        self._hurry.set()
+        self._stop.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the sources, let what is in flight finish, flush the sinks. Safe to call twice."""
@@ -331,6 +347,9 @@ class Pipeline:
                 if self._batches.closed:
                     return
                 continue
+            if self._hurry.is_set():
+                self._skip_batch(batch)
+                continue
             try:
                 self._infer_batch(batch)
             except Exception:
@@ -340,6 +359,17 @@ class Pipeline:
                         self._streams[item.frame.stream_id].in_flight.release()
                     else:
                         self._outbox.put(item)
+
+    def _skip_batch(self, batch: list[_BatchItem]) -> None:
+        skipped = 0
+        for item in batch:
+            if isinstance(item, SampledFrame):
+                self._streams[item.frame.stream_id].in_flight.release()
+                skipped += 1
+            else:
+                self._apply_marker(item)
+                self._outbox.put(item)
+        log.debug("hurrying: %d sampled frame(s) skipped", skipped)
 
     def _infer_batch(self, batch: list[_BatchItem]) -> None:
         frames = [item for item in batch if isinstance(item, SampledFrame)]
@@ -399,7 +429,7 @@ class Pipeline:
             self._outbox.put(FrameResult(
                 item.frame, None if scores is None else scores[i],
                 None if sentiment is None else float(sentiment[i]),
-                None if faces is None else faces[rows[i]], stage_ms))
+                None if faces is None else in_source_pixels(faces[rows[i]], item.frame), stage_ms))
 
     def _apply_marker(self, marker: StreamMarker) -> None:
         # A new connection starts a new temporal context; state from before a gap is meaningless.
@@ -468,10 +498,13 @@ class Pipeline:
         runtime = self._streams[event.stream_id]
         ts = last_ts[event.stream_id]
         runtime.outcome = _with_event(runtime.outcome, event)
-        self._write(self._sessions[event.stream_id].on_source_event(event, ts))
         if event.terminal:
+            # The final drops, episodes and partial summaries first: `stream_ended` (or
+            # `stream_error`) is the stream's last durable message, so a client may stop reading there.
             self._write(self._drop_records(runtime, ts))
             self._write(self._sessions[event.stream_id].finish(ts, wall_ms()))
+        self._write(self._sessions[event.stream_id].on_source_event(event, ts))
+        if event.terminal:
             runtime.finished.set()
 
     def _drop_records(self, runtime: _StreamRuntime, ts: float) -> list[StreamRecord]:

@@ -1,6 +1,9 @@
 """The golden run: a lossless generated video whose every pixel is fixed by arithmetic alone, and the
 command whose messages tests/data/golden_run.jsonl stores (made with the code before the typed-records
-refactor; tests/test_golden.py checks that the code now gives the same messages)."""
+refactor; tests/test_golden.py checks that the code now gives the same messages). Regenerated once
+since, for issue 11, with the same messages checked equal as a multiset: `stream_ended` became the
+stream's last durable message (the final summaries moved before it, so seqs shifted) and `damage`
+gained `repaired_pts`."""
 
 from __future__ import annotations
 
