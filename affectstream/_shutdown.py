@@ -43,8 +43,13 @@ class HurryOnSignal:
             signal.signal(signum, handler)  # type: ignore[arg-type]  # what signal.signal returned
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        if self.status is None:
-            log.warning("%s while finishing: skipping frames not yet analysed; the final summaries and "
-                        "stream_ended are still written", signal.Signals(signum).name)
+        # Runs between two bytecodes of the main thread, which may hold any lock: ``hurry`` must take
+        # none (Pipeline.hurry sets a flag), and the warning is left to a thread of its own.
+        first = self.status is None
         self.status = ExitStatus.TERMINATED if signum == signal.SIGTERM else ExitStatus.INTERRUPTED
         self._hurry()
+        if first:
+            name = signal.Signals(signum).name
+            threading.Thread(target=log.warning, daemon=True, name="affectstream-signal-note", args=(
+                "%s while finishing: skipping frames not yet analysed; the final summaries and "
+                "stream_ended are still written", name)).start()

@@ -535,7 +535,8 @@ def _kill9_first_run(args: list[str], folder: Path, port: int) -> tuple[list[Mes
         if not first.wait_http(port):
             raise RuntimeError(f"the first run did not start: {first.stderr()[-300:]}")
         killer = KillAfterEstimate(first.pid)
-        client = peers.start_recorder(_ws_url(port), on_message=killer)
+        # From the start of the log: a stream_started published before this client connected counts.
+        client = peers.start_recorder(_ws_url(port, "?resume=" + quote(json.dumps({"k": -1}))), on_message=killer)
         client.wait_until(lambda ms: killer.killed_at_seq >= 0, 90)
         first.wait(10)
         received = client.stop()
@@ -1068,6 +1069,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2, help="media files analysed at once (default 2)")
     parser.add_argument("--disk-seconds", type=float, default=50.0, help="length of the full-disk run (50)")
     parser.add_argument("--work", type=Path, help="keep the inputs, outputs and logs here (default: a temp dir)")
+    parser.add_argument("--strict", action="store_true",
+                        help="a skipped check fails the drill too (a machine that cannot mount the tmpfs)")
     args = parser.parse_args(argv)
     unknown = set(args.only.split(",")) - set(SECTIONS)
     if unknown:
@@ -1077,6 +1080,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Started in the background by a shell without job control, this process (and so every command it
+    # starts) would ignore SIGINT, which the drill uses to stop runs: handled here, it is the default
+    # again in the children.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     work = args.work or Path(tempfile.mkdtemp(prefix="fault-drill-"))
     work.mkdir(parents=True, exist_ok=True)
     drill = Drill(work.resolve(), minutes=args.minutes, jobs=args.jobs, disk_seconds=args.disk_seconds)
@@ -1093,7 +1100,8 @@ def main(argv: list[str] | None = None) -> int:
                   "minutes": args.minutes, "passed": not any(r.passed is False for r in rows),
                   "rows": [asdict(r) | {"verdict": r.verdict} for r in rows]}
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 1 if any(r.passed is False for r in rows) else 0
+    failed = any(r.passed is False or (args.strict and r.passed is None) for r in rows)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

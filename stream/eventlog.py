@@ -8,9 +8,12 @@ only so that it can be opened in one thread and used in another.
 ``path=None`` keeps the log in memory (lost at exit); a file path survives restarts, which is what
 makes resume across a server restart possible.
 
-Every append also records, per stream, the highest seq of *any* message handed to it (estimates and
+Every append also covers, per stream, the highest seq of *any* message handed to it (estimates and
 stats too, which are not stored): the server appends before it sends, so after a crash (kill -9) a
-restarted pipeline numbers on from above everything a client may have seen (``next_seq``).
+restarted pipeline numbers on from above everything a client may have seen (``next_seq``). To cost
+a write only once per ``SEQ_RESERVE`` messages rather than on every batch of estimates, the stored
+mark is a reservation: ``seq + SEQ_RESERVE`` whenever a seq passes the mark. A restart then leaves
+a gap of up to that many seqs, which the protocol allows (seqs increase; they need not be dense).
 
 Write failures (a full disk, a read-only or vanished file) raise ``EventLogWriteError``; what to do
 then (keep delivering, keep a backlog) is ``stream/log_backlog.py``'s business.
@@ -30,6 +33,8 @@ from affectstream.errors import AffectstreamError, ConfigError
 from affectstream.stream.messages import MessageType, Record, StreamRecord, Wire
 
 log = logging.getLogger(__name__)
+
+SEQ_RESERVE = 4096  # seqs reserved per write of a stream's high-water mark
 
 # Message types the log always keeps: they are never coalesced, so resume must be able to replay them.
 DURABLE_TYPES: frozenset[str] = frozenset({MessageType.EVENT.value, MessageType.SUMMARY.value})
@@ -57,6 +62,10 @@ CREATE TABLE IF NOT EXISTS high_water (
 
 class EventLogWriteError(AffectstreamError):
     """The log could not store a batch (disk full, file gone read-only); nothing of it was stored."""
+
+
+class ReplayUnavailable(AffectstreamError):
+    """The log cannot be read now and may hold what a replay asks for: the replay must wait."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,7 @@ class EventLog:
         self.config = config
         self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._db = _open(config.path)
+        self._marks: dict[str, int] = {}  # the stored high-water mark per stream (see SEQ_RESERVE)
         self._last_prune_ms = 0
         self.ignored_duplicates = 0
 
@@ -110,18 +120,20 @@ class EventLog:
         highest: dict[str, int] = {}
         for m in records:
             highest[m.stream] = max(m.seq, highest.get(m.stream, m.seq))
-        if not highest:
-            return 0
         try:
+            marks = {stream: seq + SEQ_RESERVE for stream, seq in highest.items() if seq > self._reserved(stream)}
+            if not rows and not marks:
+                return 0  # estimates within the reservation: nothing to write
             with self._transaction():
                 before = self._db.total_changes
                 self._db.executemany("INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?)", rows)
                 stored = self._db.total_changes - before
                 self._db.executemany(
                     "INSERT INTO high_water VALUES (?, ?) ON CONFLICT(stream) DO UPDATE "
-                    "SET seq = MAX(seq, excluded.seq)", sorted(highest.items()))
+                    "SET seq = MAX(seq, excluded.seq)", sorted(marks.items()))
         except sqlite3.Error as error:
             raise EventLogWriteError(f"the event log {self._where} cannot store messages ({error})") from error
+        self._marks.update(marks)
         if stored < len(rows):
             # A pipeline restarted from seq 0 over an existing log: its messages would shadow nothing,
             # so they are ignored here; the lead's runner starts numbering at next_seq() instead.
@@ -145,6 +157,13 @@ class EventLog:
         ).fetchall()
         return [StoredMessage(*row) for row in rows]
 
+    def _reserved(self, stream: str) -> int:
+        """The stored high-water mark of ``stream`` (-1: none), read once and then kept in memory."""
+        if stream not in self._marks:
+            row = self._db.execute("SELECT seq FROM high_water WHERE stream = ?", (stream,)).fetchone()
+            self._marks[stream] = -1 if row is None else int(row[0])
+        return self._marks[stream]
+
     def pruned_through(self, stream: str) -> int:
         """Highest seq of ``stream`` removed by retention (-1: nothing removed)."""
         row = self._db.execute("SELECT through_seq FROM pruned WHERE stream = ?", (stream,)).fetchone()
@@ -156,9 +175,7 @@ class EventLog:
         try:
             row = self._db.execute("SELECT MAX(seq) FROM messages WHERE stream = ?", (stream,)).fetchone()
             stored = -1 if row is None or row[0] is None else int(row[0])
-            mark = self._db.execute("SELECT seq FROM high_water WHERE stream = ?", (stream,)).fetchone()
-            sent = -1 if mark is None else int(mark[0])
-            return max(stored, sent, self.pruned_through(stream)) + 1
+            return max(stored, self._reserved(stream), self.pruned_through(stream)) + 1
         except sqlite3.Error as error:
             raise ConfigError(f"cannot read the event log {self._where} ({error}): free space on its disk "
                               "or pass another --event-log path") from error

@@ -48,43 +48,43 @@ class FrameClock:
     """Media time of each frame: the container's, or previous + 1/fps when a frame has none or its
     clock is stuck.
 
-    A stuck clock is a timestamp that does not advance past the previous frame's (an MP4 whose stts
-    deltas are 0 stamps every frame 0.000 s): read as given, the whole file would be one instant, so
-    such a frame gets previous + 1/fps, as a frame without one does (``repaired`` counts them). Once
-    the container's own times pass the respaced ones they are used again. A timestamp that goes
-    *back* (a source that restarts its clock) is kept: that is a jump, not a stuck clock, and the
-    sessions handle it.
+    A stuck clock repeats the previous frame's timestamp (an MP4 whose stts deltas are 0 stamps every
+    frame 0.000 s): read as given, the whole file would be one instant. Each repeat adds one frame
+    interval to an offset that every later timestamp carries (``repaired`` counts them), so an
+    all-zero file comes out evenly spaced and a single duplicate shifts what follows by one interval,
+    with no drift: the container's own spacing is kept. A timestamp that goes *back* (a source that
+    restarts its clock) is a jump, not a stuck clock: it is kept, the offset dropped, and the
+    sessions handle the jump.
     """
 
     def __init__(self, nominal_fps: float | None) -> None:
         self._step = 1.0 / (nominal_fps or FALLBACK_FPS)
         self._first: float | None = None
         self._last_given: float | None = None  # the container's previous timestamp, as it came
+        self._offset = 0.0  # one step per repeated timestamp so far (since the last jump back)
         self.last: float | None = None
         self.count = 0
         self.missing = 0
         self.repaired = 0
 
     def next(self, pts_s: float | None) -> float:
-        given = pts_s
         if pts_s is None:
             self.missing += 1
-            pts_s = 0.0 if self.last is None else self.last + self._step
-        elif self.last is not None and self._stuck(pts_s, self.last):
-            self.repaired += 1
-            pts_s = self.last + self._step
-        if given is not None:
-            self._last_given = given
+            shown = 0.0 if self.last is None else self.last + self._step
+        else:
+            previous = self._last_given
+            if previous is not None and abs(pts_s - previous) < _SAME_S:
+                self.repaired += 1
+                self._offset += self._step
+            elif previous is not None and pts_s < previous:
+                self._offset = 0.0
+            self._last_given = pts_s
+            shown = pts_s + self._offset
         if self._first is None:
-            self._first = pts_s
-        self.last = pts_s
+            self._first = shown
+        self.last = shown
         self.count += 1
-        return pts_s
-
-    def _stuck(self, pts_s: float, last: float) -> bool:
-        """The same timestamp as the previous frame's, or one still behind what respacing gave."""
-        given = self._last_given
-        return given is not None and (abs(pts_s - given) < _SAME_S or given < pts_s <= last)
+        return shown
 
     def mean_interval(self) -> float | None:
         if self._first is None or self.last is None or self.count < 2:

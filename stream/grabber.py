@@ -26,11 +26,12 @@ nothing more. Shutdown never waits for a camera's timeout.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,6 +53,7 @@ _PUT_POLL_S = 0.1  # a writer blocked on a full WAIT ring rechecks stop() this o
 # How long stop() lets the thread finish on its own (between frames: one frame interval at most) before
 # it ends the stream without it; well inside the 2 s a shutdown may take.
 _STOP_GRACE_S = 0.25
+_STOP_RECHECK_S = 0.1
 
 
 class FrameRing(Protocol):
@@ -142,6 +144,7 @@ class Grabber:
         self._pts_shift: tuple[float, float | None] | None = None  # (restart ts, first pts of this connection)
         self._thread: threading.Thread | None = None
         self._stop_timer: threading.Timer | None = None
+        self._in_source = False  # the thread is inside open/read/close of its source (see _source_call)
 
     @property
     def state(self) -> SourceState:
@@ -167,19 +170,36 @@ class Grabber:
             self._finish(SourceState.ENDED, SourceOutcome.STOPPED, "stopped before it started")
             self._ring.close()
         elif self._thread is not None and not already:
-            timer = threading.Timer(_STOP_GRACE_S, self._leave_blocked)
-            timer.daemon = True  # never keeps the process alive
-            timer.name = f"affectstream-stop-{self.stream_id}"
-            self._stop_timer = timer
-            timer.start()
+            self._arm_stop_timer(_STOP_GRACE_S)
+
+    def _arm_stop_timer(self, delay: float) -> None:
+        timer = threading.Timer(delay, self._leave_blocked)
+        timer.daemon = True  # never keeps the process alive
+        timer.name = f"affectstream-stop-{self.stream_id}"
+        self._stop_timer = timer
+        timer.start()
 
     def _leave_blocked(self) -> None:
         """stop()'s grace is over and the thread is still in the source: end the stream without it."""
         if self._thread is None or not self._thread.is_alive():
             return
+        if not self._in_source:
+            # Between source calls it sees the stop itself and ends with its own outcome; look again
+            # shortly, in case what it does next is a close() that blocks.
+            self._arm_stop_timer(_STOP_RECHECK_S)
+            return
         log.info("%s: stopped while %s; the source is closed when its call returns", self.stream_id, self._doing)
         self._finish(SourceState.ENDED, SourceOutcome.STOPPED, f"stopped while {self._doing}")
         self._ring.close()
+
+    @contextlib.contextmanager
+    def _source_call(self) -> Iterator[None]:
+        # Marks the calls that may block inside FFmpeg: only these are left behind by a stop.
+        self._in_source = True
+        try:
+            yield
+        finally:
+            self._in_source = False
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread; True once it has finished (or was never started). After a stop() that
@@ -217,7 +237,8 @@ class Grabber:
             try:
                 failure = self._run_source(source)
             finally:
-                source.close()
+                with self._source_call():
+                    source.close()
             if failure is None:
                 return  # the file ended (terminal event already sent)
             if self._frames_since_open:
@@ -254,7 +275,8 @@ class Grabber:
         """Open and read ``source``; the error to reconnect on (live), or None when the stream is over."""
         self._frames_since_open = 0
         try:
-            info = source.open()
+            with self._source_call():
+                info = source.open()
         except SourceOpenError as exc:
             if source.is_live:
                 return exc
@@ -283,7 +305,8 @@ class Grabber:
     def _read_all(self, source: Source) -> None:
         while True:
             self._check_stop()
-            frame = source.read()
+            with self._source_call():
+                frame = source.read()
             if frame is None:
                 return
             if frame.index != self._frames_read:

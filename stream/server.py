@@ -92,6 +92,10 @@ class ServerConfig:
         if not is_loopback(self.host) and self.token is None and not self.insecure:
             raise ConfigError(f"listening on {self.host!r} exposes the stream to the network: pass --token "
                               "(or set AFFECTSTREAM_TOKEN), or --insecure to allow it without one")
+        for name in self.allowed_hosts:
+            if name != "*" and (not name or host_name(name) != name.strip().lower().rstrip(".")):
+                raise ConfigError(f"--allow-host {name!r}: give a host name alone (no scheme, port or path), "
+                                  "such as cams.example")
         EventLogConfig(self.eventlog_path, self.retention_s, self.estimate_retention_s)  # validates
 
 
@@ -109,7 +113,8 @@ def host_name(host_header: str) -> str:
     value = host_header.strip().lower()
     if value.startswith("["):
         return value[1:value.find("]")] if "]" in value else ""
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    name = value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    return name.rstrip(".")  # "box.lan." is "box.lan"
 
 
 def host_allowed(host_header: str, bound: str, allowed: tuple[str, ...]) -> bool:
@@ -348,11 +353,14 @@ class StreamServer:
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         host = request.headers.get("Host", "")
-        if not host_allowed(host, self.config.host, self.config.allowed_hosts):
+        # /healthz says nothing but "ok": probes that name the server as their platform does
+        # (a compose service name) need no --allow-host.
+        if path != "/healthz" and not host_allowed(host, self.config.host, self.config.allowed_hosts):
             name = host_name(host) or "(none)"
-            return connection.respond(http.HTTPStatus.FORBIDDEN,
-                                      f"Host {name} is not this server's name: start the server with "
-                                      f"--allow-host {name} if it is\n")
+            response = connection.respond(http.HTTPStatus.FORBIDDEN,
+                                          f"Host {name} is not this server's name: start the server with "
+                                          f"--allow-host {name} if it is\n")
+            return _without_body(response) if request.method == "HEAD" else response
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return self._http(connection, request.method, path)
         if self.config.token is not None and not self._token_ok(request):
@@ -395,7 +403,7 @@ class StreamServer:
             response = connection.respond(http.HTTPStatus.METHOD_NOT_ALLOWED,
                                           f"{method} is not supported here: the dashboard answers GET and HEAD\n")
             response.headers["Allow"] = "GET, HEAD"
-            return _without_body(response) if method == "HEAD" else response
+            return response
         if path == "/healthz":
             response = connection.respond(http.HTTPStatus.OK, "ok\n")
         elif path not in self._web:
@@ -415,8 +423,9 @@ class StreamServer:
         self._clients.add(client)
         log.debug("client %s connected (%d now)", connection.remote_address, len(self._clients))
         client.session.reply(self._hello())
-        if self._log.health().state is not LogState.OK:
-            client.session.reply(self._status())
+        health = self._log.health()
+        if health.state is not LogState.OK or health.lost:
+            client.session.reply(self._status())  # a late client learns of the outage and its losses too
         # Before the first await: no live message can be offered to this client ahead of its resume.
         resume = resume_in_query(urlsplit(connection.request.path).query) if connection.request else {}
         if resume:

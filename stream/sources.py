@@ -37,6 +37,10 @@ class SourceKind(str, enum.Enum):
     URL = "url"
 
 
+DEFAULT_FRAME_SIDE = 1920  # the long side decoded frames are reduced to (docs/architecture.md "Frame size")
+MIN_FRAME_SIDE = 64  # the smallest reduction allowed: what the face detectors still read
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     """How sources open, time out and reconnect (the grabber reads the reconnect settings)."""
@@ -55,7 +59,7 @@ class SourceConfig:
     live_probe_s: float = 1.0  # how much of a live stream FFmpeg may analyse before the first frame
     # Decoded frames are reduced so that their long side is at most this (None: full resolution); see
     # docs/architecture.md "Frame size": 1080p keeps a 32 px face (CropPolicy.min_size) findable.
-    max_frame_side: int | None = 1920
+    max_frame_side: int | None = DEFAULT_FRAME_SIDE
 
     def __post_init__(self) -> None:
         for name in ("open_timeout_s", "read_timeout_s", "reconnect_initial_s", "reconnect_max_s",
@@ -76,8 +80,8 @@ class SourceConfig:
                 raise ConfigError(f"SourceConfig.{name} must be a non-negative integer or None (forever), "
                                   f"got {attempts!r}")
         side = self.max_frame_side
-        if side is not None and (isinstance(side, bool) or not isinstance(side, int) or side < 64):
-            raise ConfigError(f"SourceConfig.max_frame_side must be an integer of at least 64 pixels or None "
+        if side is not None and (isinstance(side, bool) or not isinstance(side, int) or side < MIN_FRAME_SIDE):
+            raise ConfigError(f"SourceConfig.max_frame_side must be an integer of at least {MIN_FRAME_SIDE} pixels or None "
                               f"(full resolution), got {side!r}")
         if self.rtsp_transport not in ("tcp", "udp", "udp_multicast", "http", "https"):
             raise ConfigError(f"SourceConfig.rtsp_transport must be tcp, udp, udp_multicast, http or https, "

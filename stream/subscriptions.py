@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from affectstream.stream import messages
-from affectstream.stream.eventlog import DURABLE_TYPES, StoredMessage
+from affectstream.stream.eventlog import DURABLE_TYPES, ReplayUnavailable, StoredMessage
 from affectstream.stream.messages import MAX_SEQ, LagEntry, Lagged, MessageType, Record, Subscribed
 
 COALESCED_TYPES: frozenset[str] = frozenset({MessageType.ESTIMATE.value, MessageType.STATS.value})
@@ -259,6 +259,7 @@ class ClientSession:
             self._withdraw(stream, cursor)
             cursor.state, cursor.replay_after, cursor.missed = StreamState.REPLAYING, seq, 0
             cursor.queued_seq = seq
+            cursor.sent_seq = max(cursor.sent_seq, seq)  # the client says it has everything up to seq
         self._refresh_lag_notice(create=False)
 
     # -- internals ------------------------------------------------------------------------------------
@@ -364,7 +365,14 @@ class ClientSession:
             room = self.capacity - self._durable_queued
             if room <= 0:
                 return
-            page = self._fetch(stream, cursor.replay_after, min(room, REPLAY_PAGE))
+            try:
+                page = self._fetch(stream, cursor.replay_after, min(room, REPLAY_PAGE))
+            except ReplayUnavailable:
+                # Rather than skip what the file holds, the stream waits as lagged (resume_after: the last
+                # seq sent to this client); its next resume may repeat a few seqs, never leave a gap.
+                cursor.state, cursor.held = StreamState.LAGGED, {}
+                self._refresh_lag_notice(create=True)
+                continue
             for row in page:
                 if self.selection.wants(row.stream, row.type):
                     self._push(Outgoing.stored(row))

@@ -319,8 +319,22 @@ def test_a_clock_that_jumps_back_is_kept_and_a_good_clock_is_untouched() -> None
     assert clock.repaired == 0
     stalled = FrameClock(10.0)
     times = [stalled.next(t) for t in (0.0, 0.1, 0.1, 0.1, 0.25, 0.6)]
-    # The stall is respaced; the container's own times are used again once they pass the respaced ones.
-    assert times == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.6]) and stalled.repaired == 3
+    # Each repeat adds a step to what follows; the container's own spacing is kept after it.
+    assert times == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.45, 0.8]) and stalled.repaired == 2
+
+
+def test_one_duplicate_in_a_stream_with_a_wrong_stated_rate_shifts_by_one_step_without_drift() -> None:
+    # Found in review: a 60 fps stream whose header gives no rate (25 fps assumed) with one repeated
+    # timestamp was respaced at 25 fps for the rest of its life, 60 s of media becoming 144 s.
+    from affectstream.stream.frame_clock import FrameClock
+
+    clock = FrameClock(None)
+    given = [i / 60 for i in range(3600)]
+    given.insert(10, given[10])
+    times = [clock.next(t) for t in given]
+    assert clock.repaired == 1
+    assert times[-1] == pytest.approx(given[-1] + 1 / 25)
+    assert all(later > earlier for earlier, later in zip(times, times[1:]))
 
 
 @pytest.mark.slow

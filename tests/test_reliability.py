@@ -29,7 +29,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from affectstream.errors import ConfigError, ExitStatus
-from affectstream.stream.eventlog import EventLog, EventLogConfig
+from affectstream.stream.eventlog import SEQ_RESERVE, EventLog, EventLogConfig
 from affectstream.stream.log_backlog import BufferedLog, LogState
 from affectstream.stream.messages import Estimate, Event, EventKind, StreamRecord, wall_ms
 from affectstream.stream.server import ServerConfig, StreamServer, host_allowed, host_name
@@ -90,7 +90,7 @@ def test_a_full_log_keeps_a_backlog_replays_it_and_writes_it_when_space_returns(
     assert buffered.append([_event("a", 80)])  # back to OK: a change
     assert buffered.health().state is LogState.OK and buffered.health().backlog == 0
     assert [row.seq for row in log.since("a", -1, limit=1000)] == replay + [80]
-    assert log.next_seq("a") == 81
+    assert log.next_seq("a") == 0 + SEQ_RESERVE + 1  # reserved past the first event
 
 
 def test_a_backlog_that_overflows_counts_what_it_lost(tmp_path: Path) -> None:
@@ -271,11 +271,17 @@ def test_seq_goes_on_increasing_after_kill_9(tmp_path: Path) -> None:
     assert all(m["seq"] > highest for m in replayed if m.get("stream") == "cam")
 
 
-def test_the_high_water_mark_counts_messages_that_are_not_stored(tmp_path: Path) -> None:
+def test_the_high_water_mark_counts_messages_that_are_not_stored_and_is_written_rarely(tmp_path: Path) -> None:
     log = EventLog(EventLogConfig(tmp_path / "log.sqlite"))
     log.append([_event("cam", 0), _estimate("cam", 1), _estimate("cam", 2)])
+    changes = log._db.total_changes
+    for seq in range(3, SEQ_RESERVE):  # estimates within the reservation: no write at all
+        log.append([_estimate("cam", seq)])
+    assert log._db.total_changes == changes
+    log.append([_estimate("cam", SEQ_RESERVE + 5)])  # past it: one new reservation
+    assert log._db.total_changes == changes + 1
     log.close()
-    assert EventLog(EventLogConfig(tmp_path / "log.sqlite")).next_seq("cam") == 3
+    assert EventLog(EventLogConfig(tmp_path / "log.sqlite")).next_seq("cam") == 2 * SEQ_RESERVE + 5 + 1
 
 
 # -- 4. a second SIGTERM during the flush -----------------------------------------------------------------
@@ -408,3 +414,59 @@ def test_a_name_too_long_for_its_summary_file_is_shortened_and_a_given_one_refus
                              timeout=scaled(120))
     assert refused.returncode == ExitStatus.USAGE and "File name too long" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_allowed_host_names_are_checked_and_healthz_answers_any_name() -> None:
+    with pytest.raises(ConfigError, match="host name alone"):
+        ServerConfig(allowed_hosts=("cams.example:8765",))
+    with pytest.raises(ConfigError, match="host name alone"):
+        ServerConfig(allowed_hosts=("http://cams.example",))
+    assert host_allowed("Cams.Example.:1", "127.0.0.1", ServerConfig(allowed_hosts=("cams.example",)).allowed_hosts)
+    server = start_server()
+    try:
+        probe = http.client.HTTPConnection("127.0.0.1", server.port, timeout=scaled(5))
+        probe.request("GET", "/healthz", headers={"Host": "affectstream:8765"})  # a compose service name
+        assert probe.getresponse().status == 200
+    finally:
+        server.stop()
+
+
+def test_clients_hear_of_losses_while_the_log_fails_and_a_replay_waits_when_it_cannot_read(tmp_path: Path) -> None:
+    log = EventLog(EventLogConfig(tmp_path / "log.sqlite"))
+    clock = Clock()
+    buffered = BufferedLog(log, limit=3, clock=clock)
+    buffered.append([_event("a", 0)])
+    _fill_up(log)
+    announced = []
+    for seq in range(1, 30):
+        clock.now += 0.5
+        if buffered.append([_event("a", seq)]):
+            announced.append(buffered.health())
+    assert announced[0].state is LogState.FAILING
+    assert any(h.lost > 0 for h in announced), "a growing loss is announced while the log still fails"
+    assert len(announced) <= 16  # at most once a second of the 14.5 s
+
+    class Unreadable(EventLog):
+        def since(self, stream: str, after_seq: int, limit: int = 500) -> list[Any]:
+            raise sqlite3.OperationalError("disk I/O error")
+
+    from affectstream.stream.eventlog import ReplayUnavailable
+
+    unreadable = BufferedLog(Unreadable(EventLogConfig()), clock=Clock())
+    unreadable.append([_event("a", 0), _event("a", 1)])  # stored by this process
+    with pytest.raises(ReplayUnavailable):
+        unreadable.since("a", -1)  # seqs 0 and 1 are on disk: not skipped
+    assert unreadable.since("a", 1) == []  # nothing stored after 1: the (empty) backlog is the answer
+
+
+def test_a_signal_during_the_flush_hurries_instead_of_raising() -> None:
+    from affectstream._shutdown import HurryOnSignal
+
+    calls: list[int] = []
+    before = signal.getsignal(signal.SIGTERM)
+    with HurryOnSignal(lambda: calls.append(1)) as guard:
+        os.kill(os.getpid(), signal.SIGTERM)  # raised Terminated here before: a flush cut short
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # signals are handled between bytecodes of the main thread
+    assert calls == [1, 1] and guard.status is ExitStatus.INTERRUPTED  # the last signal names the status
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -101,7 +101,7 @@ function onLagged(message) {
 function onServerStatus(message) {
   // The event log cannot write (a full disk): live data goes on, but a later replay may miss some.
   const node = document.getElementById("eventlog");
-  node.hidden = message.event_log === "ok";
+  node.hidden = message.event_log === "ok" && !message.lost;  // losses stay shown: they are not replayable
   node.textContent = `event log ${message.event_log}: ${message.backlog} waiting, ${message.lost} lost`;
   node.title = message.detail || "";
 }
