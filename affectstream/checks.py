@@ -40,10 +40,12 @@ def number(low: float | None = None, high: float | None = None, *, low_open: boo
 
 
 def frame_side(text: str) -> int:
-    """``--max-frame-side``: 0 (full size) or at least 64 pixels (the smallest the detectors read)."""
+    """``--max-frame-side``: 0 (full size) or at least MIN_FRAME_SIDE pixels (what the detectors read)."""
+    from affectstream.stream.sources import MIN_FRAME_SIDE
+
     value = int(number(0, integer=True)(text))
-    if 0 < value < 64:
-        raise argparse.ArgumentTypeError(f"{text} is out of range: use 0 (full size) or a value >= 64")
+    if 0 < value < MIN_FRAME_SIDE:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: use 0 (full size) or a value >= {MIN_FRAME_SIDE}")
     return value
 
 
@@ -91,6 +93,43 @@ def _writable(target: Path, what: str) -> Path:
         raise ConfigError(f"{what} {path} is a directory; give a file name")
     if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise ConfigError(f"{what} {path}: not writable here; pick another path")
+    return target
+
+
+def annotate_file(path: str, input_uri: str, others: list[tuple[str, Path]]) -> Path:
+    """``--annotate``: a writable video file name whose container is known, not the input nor another output."""
+    from affectstream.stream.recording import ANNOTATE_SUFFIXES
+
+    target = writable_file(path, "--annotate")
+    if target.suffix.lower() not in ANNOTATE_SUFFIXES:
+        raise ConfigError(f"--annotate {path}: give a video file name ending in {', '.join(ANNOTATE_SUFFIXES)}")
+    resolved = target.resolve()
+    if Path(input_uri).resolve() == resolved:
+        raise ConfigError(f"--annotate {path} is the input itself: pick another path")
+    for option, other in others:
+        if other.resolve() == resolved:
+            raise ConfigError(f"--annotate {path} is also the {option} file: pick another path")
+    return target
+
+
+def record_directory(path: str) -> Path:
+    """``--record DIR``: a writable directory, or one that can be made in a writable one (made at the start)."""
+    target = Path(path)
+    try:
+        if target.exists() and not target.is_dir():
+            raise ConfigError(f"--record {path} is a file: give a directory (it is made if it does not exist)")
+        if target.is_dir():
+            if not os.access(target, os.W_OK | os.X_OK):
+                raise ConfigError(f"--record {path}: not writable here; pick another directory")
+            return target
+        parent = target.parent if str(target.parent) else Path(".")
+        if not parent.is_dir():
+            raise ConfigError(f"--record {path}: the directory {parent} does not exist; create it or pick "
+                              "another path")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"--record {path}: cannot be made in {parent} (not writable); pick another path")
+    except OSError as error:  # a name too long for the file system
+        raise ConfigError(f"--record {path}: {error.strerror or error}; pick another path") from None
     return target
 
 
@@ -153,6 +192,10 @@ def preflight_run(args: argparse.Namespace, sources: list[tuple[str, str]]) -> N
                           "--head zero-shot or a bundle trained without --bidirectional")
     if args.out:
         writable_file(args.out, "--out")
+    if getattr(args, "record", None):
+        record_directory(args.record)
+    elif getattr(args, "record_segment", None) is not None:
+        raise ConfigError("--record-segment sets the length of --record's files: add --record DIR, or drop it")
     if args.show:
         from affectstream.stream.overlay import require_gui
 
@@ -166,3 +209,6 @@ def preflight_analyze(args: argparse.Namespace, summary: Path) -> None:
     writable_file(str(summary), "--summary")
     if args.out:
         writable_file(args.out, "--out")
+    if getattr(args, "annotate", None):
+        others = [("--summary", summary)] + ([("--out", Path(args.out))] if args.out else [])
+        annotate_file(args.annotate, args.file.strip(), others)

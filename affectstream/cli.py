@@ -12,6 +12,7 @@ Exit statuses (docs/cli.md):
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import signal
@@ -33,6 +34,7 @@ from affectstream.errors import (
     Terminated,
     interrupted_status,
 )
+from affectstream.stream.sources import DEFAULT_FRAME_SIDE
 
 log = logging.getLogger("affectstream")
 
@@ -88,7 +90,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--open-retries", type=number(-1, integer=True), default=5, metavar="N",
                        help="a live source that never connected gives up after N retries, N+1 failed opens "
                        "(-1: retry for ever); one that was up and went away keeps reconnecting")
-    group.add_argument("--max-frame-side", type=frame_side, default=1920,
+    group.add_argument("--max-frame-side", type=frame_side, default=DEFAULT_FRAME_SIDE,
                        metavar="PX", help="decoded frames larger than this on their long side are reduced to it "
                        "as they are decoded (memory; boxes stay in the source's pixels); 0: full size")
     group.add_argument("--stats-interval", type=POSITIVE, default=2.0, help="seconds between stats messages")
@@ -144,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "name it with NAME=SOURCE")
     run.add_argument("--fast", action="store_true", help="read files as fast as possible instead of in real time")
     run.add_argument("--show", action="store_true", help="draw live overlays in an OpenCV window")
+    run.add_argument("--record", default=None, metavar="DIR",
+                     help="write each stream's video with the overlays drawn on every frame into DIR, "
+                     "in segments STREAM-YYYYmmddTHHMMSSZ.mp4 (docs/cli.md)")
+    run.add_argument("--record-segment", type=number(1), default=None, metavar="S",
+                     help="seconds of media time per --record file (default 300)")
     run.add_argument("--quiet", action="store_true", help="do not print messages on stdout")
     run.add_argument("--jsonl", action="store_true",
                      help="JSON Lines on stdout even on a terminal (through a pipe they always are)")
@@ -162,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--no-progress", action="store_true", help="no progress bar (it shows on a terminal only)")
     analyze.add_argument("--json", action="store_true",
                          help="print the summary on stdout even on a terminal (it always is through a pipe)")
+    analyze.add_argument("--annotate", default=None, metavar="OUT.mp4",
+                         help="also write the video with boxes, face ids and labels drawn on every frame "
+                         "(.mp4, .m4v, .mov or .mkv; H.264 where FFmpeg has libx264, else MPEG-4)")
     _add_model_options(analyze)
     _add_pipeline_options(analyze)
 
@@ -250,11 +260,20 @@ _PROMPT_EXIT = frozenset({"run", "analyze"})
 
 
 def _exit_now(status: int) -> None:
+    # Everything is written; a signal now has nothing left to stop. Our own atexit cleanups (the
+    # temporary ONNX export, for one) still run: they are quick; the slow part is the teardown after.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can reach it anyway
+        except BrokenPipeError:  # the reader went away: nothing more can reach it, as before
             pass
+        except (OSError, ValueError) as error:  # a full disk under a redirected stdout loses the tail
+            if status == ExitStatus.OK:
+                status = ExitStatus.PARTIAL
+            print(f"affectstream: could not write the end of the output ({error})", file=sys.__stderr__)
     logging.shutdown()
     os._exit(int(status))
 

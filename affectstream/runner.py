@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from affectstream._shutdown import HurryOnSignal
 from affectstream.checks import parse_windows
@@ -25,6 +25,9 @@ from affectstream.stream.pipeline import Pipeline, PipelineConfig, StreamOutcome
 from affectstream.stream.session import AnalyticsConfig, StreamSession
 from affectstream.stream.sinks import FanoutSink, JsonlSink, MemorySink, Sink
 from affectstream.stream.sources import SourceConfig, SourceKind, classify_uri
+
+if TYPE_CHECKING:
+    from affectstream.stream.recording import AnnotatedRecorder
 
 log = logging.getLogger("affectstream")
 
@@ -125,6 +128,7 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
     preflight_run(args, sources)  # before the model loads: a mistake costs a second, not the load
     engine = engine_from_args(args)
     config = pipeline_config(args, pace_files=not args.fast, engine=engine)
+    recorder = _recorder(args, engine.labels)  # --record: its directory is made here
     sinks: list[Sink] = []
     if not args.quiet:
         # A person at a terminal reads lines; a program at the other end of a pipe gets JSON Lines.
@@ -152,6 +156,7 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
         overlay = OverlayWindow(engine.labels)
         pipeline.on_frame = overlay.on_frame
         pipeline.on_record = overlay.on_record
+    _attach_recorder(pipeline, recorder)
     pipeline.start()
     interrupted = False
     try:
@@ -171,13 +176,16 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
         interrupted = True
         log.info("stopping: flushing what is in flight")
     finally:
-        with HurryOnSignal(pipeline.hurry) as guard:
+        with HurryOnSignal(_hurry(pipeline, recorder)) as guard:
             pipeline.stop()
             sink.flush()
+            recorded = _close_recorder(recorder)
             if server is not None:
                 server.stop()
             sink.close()
     status = exit_status(pipeline.outcomes)
+    if not recorded and status == ExitStatus.OK:
+        status = ExitStatus.PARTIAL  # analysed, but the video asked for is not (all) written
     if server is not None and server.log_health.failed and status == ExitStatus.OK:
         status = ExitStatus.PARTIAL  # delivered live, but a later resume will not find all of it
     if (interrupted or guard.status is not None) and status == ExitStatus.OK:
@@ -194,6 +202,54 @@ class _DoneEvent(threading.Event):
 
     def is_set(self) -> bool:
         return self._pipeline.wait(0)
+
+
+def _recorder(args: argparse.Namespace, labels: tuple[str, ...]) -> AnnotatedRecorder | None:
+    """The annotated video's writer: ``--annotate FILE`` (analyze), ``--record DIR`` (run); else None."""
+    from affectstream.stream.recording import DEFAULT_SEGMENT_S, AnnotatedRecorder
+
+    if getattr(args, "annotate", None):
+        return AnnotatedRecorder.to_file(Path(args.annotate), labels)
+    if getattr(args, "record", None):
+        directory = Path(args.record)
+        try:
+            directory.mkdir(exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"--record {directory}: {error.strerror or error}; pick another path") from None
+        segment = args.record_segment if args.record_segment is not None else DEFAULT_SEGMENT_S
+        return AnnotatedRecorder.to_directory(directory, labels, segment_s=segment)
+    return None
+
+
+def _attach_recorder(pipeline: Pipeline, recorder: AnnotatedRecorder | None) -> None:
+    """Every frame the pumps read, and the records, go to the recorder too (besides any other tap)."""
+    if recorder is None:
+        return
+    pipeline.on_decoded = recorder.on_decoded
+    other = pipeline.on_record
+
+    def both(record: StreamRecord) -> None:
+        if other is not None:
+            other(record)
+        recorder.on_record(record)
+
+    pipeline.on_record = both
+
+
+def _hurry(pipeline: Pipeline, recorder: AnnotatedRecorder | None) -> Callable[[], None]:
+    def hurry() -> None:
+        if recorder is not None:
+            recorder.hurry()
+        pipeline.hurry()
+
+    return hurry
+
+
+def _close_recorder(recorder: AnnotatedRecorder | None) -> bool:
+    """Write the rest and close the files (after ``pipeline.stop``); False if writing failed."""
+    if recorder is None:
+        return True
+    return not recorder.close().errors  # each file and each failure was logged as it happened
 
 
 def analyze_command(args: argparse.Namespace) -> int:
@@ -223,34 +279,41 @@ def analyze_command(args: argparse.Namespace) -> int:
     progress = media_progress(_input_name(uri), disable=True if args.no_progress else None)
     try:
         with logging_redirect_tqdm():
-            interrupt, outcome = _analyze_pass(uri, config, engine, recorder or engine.head, memory,
-                                               on_record=progress.on_record)
+            interrupt, outcome, annotated = _analyze_pass(uri, config, engine, recorder or engine.head, memory,
+                                                          on_record=progress.on_record,
+                                                          annotator=_recorder(args, engine.labels))
     finally:
         progress.close()
-    interrupted = interrupt is not None
-    records = [record for record in memory.messages if isinstance(record, StreamRecord)]
-    if recorder is not None:
-        records = _rescore_whole_file(records, recorder, engine, config.analytics)
-    if args.out:
-        jsonl = JsonlSink.to_path(Path(args.out))
-        try:
-            for record in records:
-                jsonl.write(record)
-        finally:
-            jsonl.close()
-    report = FileReport(engine.labels, top_k=args.top)
-    for record in records:
-        report.add_record(record)
-    summary: dict[str, Any] = report.to_dict(source={"path": uri, "model": engine.model_info},
-                                               damage=_damage_of(outcome))
-    summary["processing"] = {"seconds": round(time.monotonic() - started, 3), "interrupted": interrupted}
-    if interrupted:
-        summary["partial"] = True  # what was read before the signal; the rest of the file was not
-    if out.exists():
-        print(f"replacing {out}", file=sys.stderr)  # never silently: an explicit --summary, or --force
-    text = json.dumps(summary, indent=2, allow_nan=False)
-    out.write_text(text)
+    # A signal from here on (the whole-file rescoring can take seconds) must not cost the summary.
+    with HurryOnSignal(lambda: None) as late:
+        interrupted = interrupt is not None
+        records = [record for record in memory.messages if isinstance(record, StreamRecord)]
+        if recorder is not None:
+            records = _rescore_whole_file(records, recorder, engine, config.analytics)
+        if args.out:
+            jsonl = JsonlSink.to_path(Path(args.out))
+            try:
+                for record in records:
+                    jsonl.write(record)
+            finally:
+                jsonl.close()
+        report = FileReport(engine.labels, top_k=args.top)
+        for record in records:
+            report.add_record(record)
+        summary: dict[str, Any] = report.to_dict(source={"path": uri, "model": engine.model_info},
+                                                   damage=_damage_of(outcome))
+        summary["processing"] = {"seconds": round(time.monotonic() - started, 3), "interrupted": interrupted}
+        if interrupted:
+            summary["partial"] = True  # what was read before the signal; the rest of the file was not
+        if out.exists():
+            print(f"replacing {out}", file=sys.stderr)  # never silently: an explicit --summary, or --force
+        text = json.dumps(summary, indent=2, allow_nan=False)
+        out.write_text(text)
+    if interrupt is None and late.status is not None:
+        interrupt = Terminated() if late.status is ExitStatus.TERMINATED else KeyboardInterrupt()
     status = stream_status(outcome)
+    if not annotated and status == ExitStatus.OK:
+        status = ExitStatus.PARTIAL  # analysed, but the video asked for is not (all) written
     _print_summary(summary, out, status)
     if args.json or not sys.stdout.isatty():
         print(text)  # the result, for `analyze x.mp4 | jq`
@@ -299,11 +362,13 @@ def _input_name(uri: str) -> str:
 
 
 def _analyze_pass(uri: str, config: PipelineConfig, engine: Engine, head: Any, sink: Sink,
-                  on_record: Callable[[StreamRecord], None] | None = None) -> tuple[KeyboardInterrupt | None, StreamOutcome]:
+                  on_record: Callable[[StreamRecord], None] | None = None,
+                  annotator: AnnotatedRecorder | None = None) -> tuple[KeyboardInterrupt | None, StreamOutcome, bool]:
     """Run the file through the pipeline as fast as possible; (the Ctrl-C or SIGTERM that cut it
-    short, if one did; how it went)."""
+    short, if one did; how it went; False if the ``--annotate`` video could not be written)."""
     pipeline = Pipeline([("file", uri)], engine.encoder, head, sink, engine.labels, config, faces=engine.faces)
     pipeline.on_record = on_record
+    _attach_recorder(pipeline, annotator)
     pipeline.start()
     interrupt: KeyboardInterrupt | None = None
     try:
@@ -313,12 +378,13 @@ def _analyze_pass(uri: str, config: PipelineConfig, engine: Engine, head: Any, s
         interrupt = caught
         log.info("stopping: the summary of what was read is written (marked partial)")
     finally:
-        with HurryOnSignal(pipeline.hurry) as guard:
+        with HurryOnSignal(_hurry(pipeline, annotator)) as guard:
             pipeline.stop()
             sink.close()
+            annotated = _close_recorder(annotator)
     if interrupt is None and guard.status is not None:
         interrupt = Terminated() if guard.status is ExitStatus.TERMINATED else KeyboardInterrupt()
-    return interrupt, pipeline.outcomes["file"]
+    return interrupt, pipeline.outcomes["file"], annotated
 
 
 def _rescore_whole_file(records: list[StreamRecord], recorder: Any, engine: Engine,

@@ -1,7 +1,8 @@
 """`--show`: live overlays of the estimates on the sampled frames, in an OpenCV window.
 
-Drawing is a pure function (tested on arrays); only ``OverlayWindow.run`` touches the GUI, and it
-must run on the main thread, as OpenCV's HighGUI requires.
+Drawing is a pure function (tested on arrays), ``draw_overlay``: the one drawing rule, shared by the
+window and the annotated videos of ``--annotate`` / ``--record`` (stream/recording.py). Only
+``OverlayWindow.run`` touches the GUI, and it must run on the main thread, as OpenCV's HighGUI requires.
 """
 
 from __future__ import annotations
@@ -22,20 +23,21 @@ _BAR_COLOURS = [(60, 60, 230), (60, 200, 250), (80, 160, 60), (200, 120, 160), (
 
 
 def draw_overlay(image_rgb: np.ndarray, labels: tuple[str, ...], estimate: Estimate | None,
-                 source_scale: float = 1.0) -> np.ndarray:
-    """Return a BGR copy of the frame with one bar per label and the sentiment written on it.
+                 source_scale: float = 1.0, min_width: int = 480) -> np.ndarray:
+    """Return a BGR copy of the frame with one bar per label and the sentiment written on it, and per
+    face its box, id, dominant label with its score and, where the box is wide enough, small bars.
 
     ``source_scale``: source pixels per pixel of ``image_rgb`` (``VideoFrame.source_scale``), since
-    boxes are in the source's pixels and a 4K frame is shown from its reduced image.
+    boxes are in the source's pixels and a 4K frame is shown from its reduced image. A frame narrower
+    than ``min_width`` is enlarged so that the text fits (the window); 0 keeps the frame's own size
+    (the annotated videos, written at the decoded frame's size).
     """
     canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
-    scale = max(1.0, 480 / max(1, canvas.shape[1]))
+    scale = max(1.0, min_width / max(1, canvas.shape[1]))
     if scale > 1.0:
         canvas = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
     if estimate is None:
         return canvas
-    for face in estimate.faces or ():
-        _draw_face(canvas, face, scale / source_scale)
     scores = estimate.scores
     bar_width = canvas.shape[1] // 3
     for row, label in enumerate(labels):
@@ -47,19 +49,52 @@ def draw_overlay(image_rgb: np.ndarray, labels: tuple[str, ...], estimate: Estim
                     cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
     cv2.putText(canvas, f"sentiment {estimate.sentiment:+.2f}  t={estimate.ts:.1f}s",
                 (10, 20 + len(labels) * 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    for face in estimate.faces or ():  # over the stream's bars: a face's box and label stay readable
+        _draw_face(canvas, face, scale / source_scale, labels)
     return canvas
 
 
-def _draw_face(canvas: np.ndarray, face: FaceEstimate, scale: float) -> None:
-    """The face's box, its id, dominant label and score; yellow when uncertain."""
+FACE_OK_COLOUR = (80, 220, 80)  # BGR: the box of a face whose estimate is ok
+FACE_UNCERTAIN_COLOUR = (40, 200, 230)  # BGR: uncertain (docs/faces.md)
+_FACE_BARS_MIN_WIDTH = 60  # px of the drawn box: below this, per-face bars are too small to read
+
+
+def box_thickness(canvas_shape: tuple[int, ...]) -> int:
+    """Line width of a face box: 2 px up to about 720p, growing with the picture (3 at 1080p)."""
+    return max(2, round(min(canvas_shape[:2]) / 360))
+
+
+def _draw_face(canvas: np.ndarray, face: FaceEstimate, scale: float, labels: tuple[str, ...] = ()) -> None:
+    """The face's box, its id, dominant label and score; yellow when uncertain. Under a box wide
+    enough to read them, one small bar per label (the colours of the stream's bars)."""
     x, y, w, h = (int(round(v * scale)) for v in face.box)
-    colour = (80, 220, 80) if face.state is EstimateState.OK else (40, 200, 230)
-    cv2.rectangle(canvas, (x, y), (x + w, y + h), colour, 2)
+    colour = FACE_OK_COLOUR if face.state is EstimateState.OK else FACE_UNCERTAIN_COLOUR
+    cv2.rectangle(canvas, (x, y), (x + w, y + h), colour, box_thickness(canvas.shape))
+    if labels and w >= _FACE_BARS_MIN_WIDTH:
+        _draw_face_bars(canvas, face, labels, x, y + h, w)
     label = f"#{face.id} {face.dominant} {face.scores.get(face.dominant, 0.0):.2f}"
     (text_w, text_h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
     top = max(0, y - text_h - 6)
     cv2.rectangle(canvas, (x, top), (x + text_w + 6, top + text_h + 6), colour, -1)
     cv2.putText(canvas, label, (x + 3, top + text_h + 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (20, 20, 20), 1, cv2.LINE_AA)
+
+
+def _draw_face_bars(canvas: np.ndarray, face: FaceEstimate, labels: tuple[str, ...], x: int, bottom: int,
+                    width: int) -> None:
+    """Per label a bar as long as its score over the box's width, on a dark strip under the box (left
+    out where the strip would leave the picture)."""
+    bar_h = max(3, min(8, width // 40))
+    top = bottom + 4 + box_thickness(canvas.shape)
+    strip_bottom = top + len(labels) * (bar_h + 1) + 1
+    if strip_bottom > canvas.shape[0] or x < 0 or x + width > canvas.shape[1]:
+        return
+    cv2.rectangle(canvas, (x, top), (x + width, strip_bottom), (30, 30, 30), -1)
+    for row, label in enumerate(labels):
+        value = min(1.0, max(0.0, float(face.scores.get(label, 0.0))))
+        bar_top = top + 1 + row * (bar_h + 1)
+        if value > 0:
+            cv2.rectangle(canvas, (x + 1, bar_top), (x + 1 + int((width - 2) * value), bar_top + bar_h - 1),
+                          _BAR_COLOURS[row % len(_BAR_COLOURS)], -1)
 
 
 def require_gui() -> None:

@@ -195,7 +195,7 @@ class Pipeline:
         self._config = config
         self._source_factory = source_factory
         self._stop = threading.Event()
-        self._hurry = threading.Event()  # set by hurry(): sampled frames still queued are skipped
+        self._hurrying = False  # hurry(): sampled frames still queued are skipped (a plain flag: no lock)
         self._batches: BatchQueue[_BatchItem] = BatchQueue(config.batch.max_batch, config.batch.max_wait_ms)
         self._outbox: _Outbox = queue.SimpleQueue()
         self._streams: dict[str, _StreamRuntime] = {}
@@ -219,6 +219,10 @@ class Pipeline:
         self._done = threading.Event()
         self.on_record: Callable[[StreamRecord], None] | None = None  # extra tap, e.g. the --show overlay
         self.on_frame: Callable[[VideoFrame], None] | None = None  # sampled frames, e.g. for --show
+        # Every frame a pump reads, sampled or not: (frame, sampled, its stream is live), e.g. for the
+        # annotated video (stream/recording.py). Called before a sampled frame is queued, so its estimate
+        # always comes after it; it may block a file's pump (back-pressure), never a live one's.
+        self.on_decoded: Callable[[VideoFrame, bool, bool], None] | None = None
 
     @property
     def stream_ids(self) -> list[str]:
@@ -252,10 +256,10 @@ class Pipeline:
         return self._done.wait(timeout)
 
     def hurry(self) -> None:
-        """Stop, and skip the frames not yet analysed (a second Ctrl-C): every stream still gets its
-        final summary and `stream_ended`. Any thread; the batch being analysed finishes first."""
-        self._hurry.set()
-        self._stop.set()
+        """Skip the frames not yet analysed (a second Ctrl-C during ``stop()``): every stream still gets
+        its final summary and `stream_ended`, and the skipped frames count as dropped. Takes no lock, so
+        a signal handler may call it; the batch being analysed finishes first."""
+        self._hurrying = True
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the sources, let what is in flight finish, flush the sinks. Safe to call twice."""
@@ -314,7 +318,10 @@ class Pipeline:
                     continue
                 if sampler is None:
                     sampler = MediaTimeSampler(self._config.rate_for(runtime.is_live))
-                if not sampler.offer(item.pts) or not self._acquire_slot(runtime):
+                sampled = sampler.offer(item.pts) and self._acquire_slot(runtime)
+                if self.on_decoded is not None:
+                    self.on_decoded(item, sampled, runtime.is_live)
+                if not sampled:
                     continue
                 runtime.sampled += 1
                 if self.on_frame is not None:
@@ -347,7 +354,7 @@ class Pipeline:
                 if self._batches.closed:
                     return
                 continue
-            if self._hurry.is_set():
+            if self._hurrying:
                 self._skip_batch(batch)
                 continue
             try:
@@ -364,7 +371,9 @@ class Pipeline:
         skipped = 0
         for item in batch:
             if isinstance(item, SampledFrame):
-                self._streams[item.frame.stream_id].in_flight.release()
+                runtime = self._streams[item.frame.stream_id]
+                runtime.in_flight.release()
+                runtime.dropped_in_flight += 1  # reported in the final frames_dropped and stats
                 skipped += 1
             else:
                 self._apply_marker(item)
