@@ -93,8 +93,8 @@ class RtspServer:
             self._process = None
 
 
-@pytest.fixture()
-def rtsp_server() -> Iterator[RtspServer]:
+def running_rtsp_server() -> Iterator[RtspServer]:
+    """A started GStreamer RTSP server on a free port, killed afterwards (skips without GStreamer)."""
     reason = _gstreamer_missing()
     if reason:
         pytest.skip(reason)
@@ -104,6 +104,9 @@ def rtsp_server() -> Iterator[RtspServer]:
         yield server
     finally:
         server.kill()
+
+
+rtsp_server = pytest.fixture(running_rtsp_server, name="rtsp_server")
 
 
 class FrameCollector:

@@ -37,7 +37,7 @@ from affectstream.stream.netloc import uri_host_port, url_host
 from affectstream.stream.ring import RingBuffer
 from affectstream.stream.sources import SourceConfig, open_source
 from tests._sources_helpers import EventRecorder
-from tests.test_rtsp import FrameCollector, RtspServer, _free_port, _gstreamer_missing
+from tests.test_rtsp import FrameCollector, RtspServer, _free_port, running_rtsp_server
 from tests.timeouts import scaled
 
 # What a message must never show the user: FFmpeg's and Python's internals instead of what happened.
@@ -50,17 +50,7 @@ def _assert_plain(message: str) -> None:
     assert not leaked, f"{leaked} in {message!r}"
 
 
-@pytest.fixture()
-def camera() -> Iterator[RtspServer]:
-    reason = _gstreamer_missing()
-    if reason:
-        pytest.skip(reason)
-    server = RtspServer(_free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+camera = pytest.fixture(running_rtsp_server, name="camera")  # the same server, named for what it plays here
 
 
 @contextlib.contextmanager
