@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jsonl", action="store_true",
                      help="JSON Lines on stdout even on a terminal (through a pipe they always are)")
     run.add_argument("--duration", type=POSITIVE, default=None, metavar="S", help="stop after S seconds")
+    run.add_argument("--linger", type=NON_NEGATIVE, default=0.0, metavar="S",
+                     help="once every stream has ended, keep the dashboard and websocket up S more seconds "
+                     "(Ctrl-C ends it sooner) so that people can still look at what happened")
     _add_model_options(run)
     _add_pipeline_options(run)
     _add_server_options(run)

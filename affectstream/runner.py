@@ -172,6 +172,8 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
             while not pipeline.wait(0.2):
                 if deadline is not None and time.monotonic() >= deadline:
                     break
+            if server is not None and args.linger > 0 and pipeline.wait(0):
+                _linger(args.linger, server.port, args.host)
     except KeyboardInterrupt:
         interrupted = True
         log.info("stopping: flushing what is in flight")
@@ -191,6 +193,15 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
     if (interrupted or guard.status is not None) and status == ExitStatus.OK:
         return ExitStatus.OK  # a live run stopped on request ends well
     return status
+
+
+def _linger(seconds: float, port: int, host: str) -> None:
+    """Every stream ended: the server stays up so that the dashboard can still be looked at."""
+    log.info("every stream ended; the dashboard stays at http://%s/ for %g s (Ctrl-C to stop sooner)",
+             host_port(host, port), seconds)
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(0.2, left))
 
 
 class _DoneEvent(threading.Event):

@@ -154,6 +154,7 @@ class _StreamRuntime:
         self.sampled = 0
         self.outcome = StreamOutcome()  # written by the emitter only
         self.finished = threading.Event()  # the terminal event has passed the emitter
+        self.final_stats_sent = False  # the stats after its end went out: no more for this stream
         self.grabber: Grabber | None = None
         self.pump: threading.Thread | None = None
 
@@ -522,6 +523,9 @@ class Pipeline:
 
     def _emit_stats(self, last_ts: dict[str, float]) -> None:
         for stream_id, runtime in self._streams.items():
+            if runtime.finished.is_set() and runtime.final_stats_sent:
+                continue  # an ended stream has said everything (its last stats follow its stream_ended)
+            runtime.final_stats_sent = runtime.finished.is_set()
             counters = runtime.ring.counters()
             fields = self._stats[stream_id].snapshot(
                 written=counters.written,

@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -198,3 +199,31 @@ def test_dashboard_shows_a_row_per_face(page: Any, tmp_path: Path) -> None:
     assert sorted(row[0] for row in seen) == ["#1", "#2"]
     assert all(row[1] in ("ok", "uncertain") and row[2] for row in seen)
     assert badge in ("ok", "uncertain") and bars == 2 * 7
+
+
+def test_a_finished_run_lingers_and_the_page_says_ended_then_finished(browser: Any, tmp_path: Path) -> None:
+    """`run FILE --linger S`: the server stays after the file ended; a page opened then shows the stream
+    as ended with its stream_ended event; when the server goes, the page says finished, not reconnecting."""
+    from tests import media
+    from tests._cli_process import CliProcess
+
+    video = media.make_video(tmp_path / "short.avi", seconds=2.0, fps=10)
+    cli = CliProcess(["run", f"talk={video}", "--model", "tiny-random", "--faces", "off", "--fast", "--quiet",
+                      "--port", "0", "--linger", "60"], tmp_path)
+    try:
+        port = cli.port()
+        cli.wait_for(r"every stream ended; the dashboard stays")
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_function("() => document.querySelector('.stream .state')?.textContent?.startsWith('ended')",
+                               timeout=scaled(15) * 1000)
+        kinds = page.eval_on_selector_all(".stream .events li", "items => items.map(i => i.dataset.kind)")
+        assert "stream_ended" in kinds and "stream_started" in kinds
+        assert cli.process.poll() is None  # still serving: it lingers
+        cli.process.send_signal(signal.SIGTERM)
+        assert cli.finish() == 0
+        page.wait_for_function("() => document.getElementById('connection').textContent === 'finished'",
+                               timeout=scaled(15) * 1000)
+        save_screenshot(page, tmp_path, "dashboard-finished.png")
+    finally:
+        cli.process.kill()

@@ -51,6 +51,12 @@ function connect() {
   };
   socket.onclose = () => {
     state.socket = null;
+    const streams = Object.values(state.cards);
+    if (streams.length && streams.every((entry) => entry.node.dataset.ended)) {
+      // Every stream ended and then the server left: the run is over, not broken. Nothing to retry.
+      setConnection("finished", "finished");
+      return;
+    }
     // Exponential backoff with jitter, capped at 10 s, so that a restarting server is not stampeded.
     const delay = Math.min(10000, 500 * 2 ** state.attempts) * (0.5 + Math.random() / 2);
     state.attempts += 1;
@@ -166,6 +172,7 @@ function onEstimate(message) {
 function showState(entry, message) {
   // With the face stage every estimate says whether it can be trusted; without it, no badge.
   const badge = entry.node.querySelector(".state");
+  if (entry.node.dataset.ended) return;  // an estimate delivered after the end must not hide it
   if (typeof message.state !== "string") { badge.hidden = true; return; }
   badge.hidden = false;
   badge.dataset.state = message.state;
@@ -220,6 +227,13 @@ function onSummary(message) {
 
 function onEvent(message) {
   const entry = card(message.stream);
+  if (message.kind === "stream_ended" || message.kind === "stream_error") {
+    entry.node.dataset.ended = message.kind === "stream_error" ? "error" : (message.outcome || "ended");
+    const badge = entry.node.querySelector(".state");
+    badge.hidden = false;
+    badge.dataset.state = "ended";
+    badge.textContent = message.kind === "stream_error" ? "failed" : `ended (${message.outcome || "ended"})`;
+  }
   const list = entry.node.querySelector(".events");
   const seq = Number.isInteger(message.seq) ? message.seq : -1;
   if (seq >= 0 && list.querySelector(`li[data-seq="${seq}"]`)) return;  // already shown
