@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
-
 from affectstream.errors import ExitStatus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,15 +58,6 @@ def megamind_clip(out: Path, *filters: str, seconds: float | None = None, codec:
     encode = codec or ("-c:v", "libx264", "-preset", "ultrafast", "-bf", "0", "-pix_fmt", "yuv420p")
     ffmpeg("-i", str(source), *length, *vf, *encode, "-an", str(out))
     return out
-
-
-def overwrite_middle(path_in: Path, path_out: Path, start: float = 0.3, end: float = 0.6) -> Path:
-    """Random bytes over a stretch in the middle: corrupt packets (as tests/test_odd_inputs.py does)."""
-    data = bytearray(path_in.read_bytes())
-    a, b = int(len(data) * start), int(len(data) * end)
-    data[a:b] = np.random.default_rng(3).integers(0, 256, b - a, dtype=np.uint8).tobytes()
-    path_out.write_bytes(bytes(data))
-    return path_out
 
 
 def zero_timestamps(path_in: Path, path_out: Path) -> Path:
@@ -201,11 +190,11 @@ def corpus() -> list[MediaCase]:
         case("truncated-mkv", "Matroska cut in half", lambda d: m.make_truncated(_long_mkv(d), d / "half.mkv"),
              PARTIAL),
         case("corrupt-mp4", "MP4 with random bytes over its middle",
-             lambda d: overwrite_middle(_long_mp4(d), d / "bad.mp4"), PARTIAL),
+             lambda d: m.overwrite_middle(_long_mp4(d), d / "bad.mp4"), PARTIAL),
         case("corrupt-mkv", "Matroska with corrupt packets",
-             lambda d: overwrite_middle(_long_mkv(d), d / "bad.mkv"), PARTIAL),
+             lambda d: m.overwrite_middle(_long_mkv(d), d / "bad.mkv"), PARTIAL),
         case("corrupt-ts", "MPEG-TS with corrupt packets",
-             lambda d: overwrite_middle(m.make_resolution_change_video(d / "r.ts"), d / "bad.ts"), PARTIAL),
+             lambda d: m.overwrite_middle(m.make_resolution_change_video(d / "r.ts"), d / "bad.ts"), PARTIAL),
         case("zero-timestamps", "MP4 whose stts deltas are all 0",
              lambda d: zero_timestamps(megamind_clip(d / "ref.mp4"), d / "zero-ts.mp4"), OK),
         case("no-timestamps", "bare H.264, no container", lambda d: m.make_raw_h264(d / "raw.h264"), OK),

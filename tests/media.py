@@ -319,3 +319,12 @@ def _mp4_boxes(data: bytearray, start: int, end: int, kind: bytes) -> list[int]:
             found += _mp4_boxes(data, offset + 8, offset + size, kind)
         offset += size
     return found
+
+
+def overwrite_middle(path_in: Path, path_out: Path, start: float = 0.3, end: float = 0.6) -> Path:
+    """Random bytes (fixed seed) over a stretch in the middle of a file: corrupt packets."""
+    data = bytearray(path_in.read_bytes())
+    a, b = int(len(data) * start), int(len(data) * end)
+    data[a:b] = np.random.default_rng(3).integers(0, 256, b - a, dtype=np.uint8).tobytes()
+    path_out.write_bytes(bytes(data))
+    return path_out

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from affectstream.errors import SourceError, SourceOpenError, SourceOutcome, SourceReadError
@@ -23,14 +22,6 @@ from tests.timeouts import scaled
 CONFIG = SourceConfig(open_timeout_s=5, read_timeout_s=5)
 MEGAMIND_BUGY = Path("/usr/share/doc/opencv-doc/examples/data/Megamind_bugy.avi")
 BOUND_S = 20.0  # generous: every case takes well under a second on an idle machine
-
-
-def _overwrite_middle(path_in: Path, path_out: Path, start: float = 0.3, end: float = 0.6) -> Path:
-    data = bytearray(path_in.read_bytes())
-    a, b = int(len(data) * start), int(len(data) * end)
-    data[a:b] = np.random.default_rng(3).integers(0, 256, b - a, dtype=np.uint8).tobytes()
-    path_out.write_bytes(bytes(data))
-    return path_out
 
 
 @dataclass(frozen=True)
@@ -63,11 +54,11 @@ CASES: dict[str, Case] = {
                             end_outcomes=(SourceOutcome.TRUNCATED,)),
     "mkv-cut-in-half": Case(lambda d: media.make_truncated(_long_mkv(d), d / "half.mkv"),
                             end_outcomes=(SourceOutcome.TRUNCATED,)),
-    "mp4-garbage-in-the-middle": Case(lambda d: _overwrite_middle(_long_mp4(d), d / "bad.mp4"),
+    "mp4-garbage-in-the-middle": Case(lambda d: media.overwrite_middle(_long_mp4(d), d / "bad.mp4"),
                                       end_outcomes=(SourceOutcome.CORRUPT, SourceOutcome.TRUNCATED)),
-    "mkv-garbage-in-the-middle": Case(lambda d: _overwrite_middle(_long_mkv(d), d / "bad.mkv"),
+    "mkv-garbage-in-the-middle": Case(lambda d: media.overwrite_middle(_long_mkv(d), d / "bad.mkv"),
                                       end_outcomes=(SourceOutcome.CORRUPT, SourceOutcome.TRUNCATED)),
-    "ts-garbage-in-the-middle": Case(lambda d: _overwrite_middle(media.make_resolution_change_video(d / "r.ts"),
+    "ts-garbage-in-the-middle": Case(lambda d: media.overwrite_middle(media.make_resolution_change_video(d / "r.ts"),
                                                                  d / "bad.ts"),
                                      end_outcomes=(SourceOutcome.CORRUPT, SourceOutcome.TRUNCATED)),
     "zero-fps-header": Case(lambda d: media.make_zero_fps_header(d / "zero.avi")),
