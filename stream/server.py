@@ -40,7 +40,7 @@ from affectstream._version import PROTOCOL_VERSION
 from affectstream.errors import AffectstreamError, ConfigError, MissingExtraError
 from affectstream.stream.eventlog import EventLog, EventLogConfig
 from affectstream.stream.log_backlog import BufferedLog, LogHealth, LogState
-from affectstream.stream.messages import ErrorReply, Hello, Record, ServerStatus
+from affectstream.stream.messages import ErrorReply, Hello, MessageType, Record, ServerStatus
 from affectstream.stream.netloc import host_port
 from affectstream.stream.subscriptions import ClientSession, Outgoing, ProtocolError, resume_in_query
 
@@ -171,6 +171,7 @@ class StreamServer:
         self._dropped = 0
         self._last_drop_warning = 0.0
         self._clients: set[_Client] = set()
+        self._latest: dict[str, Outgoing] = {}  # stream -> its newest estimate (event-loop thread only)
         self._lagged_times = self._coalesced = self._replayed = 0  # of clients already gone
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -331,6 +332,8 @@ class StreamServer:
         self._published += len(encoded)
         for message in encoded:
             item = Outgoing.of(message)
+            if item.type == MessageType.ESTIMATE.value and item.stream is not None:
+                self._latest[item.stream] = item
             for client in self._clients:
                 client.session.offer(item)
         for client in self._clients:
@@ -430,6 +433,10 @@ class StreamServer:
         resume = resume_in_query(urlsplit(connection.request.path).query) if connection.request else {}
         if resume:
             client.session.resume(resume)
+        # Each stream's newest estimate, so that a late viewer (a stream that ended, one that is slow)
+        # sees scores at once; a replaying stream holds it until the replay has caught up.
+        for item in list(self._latest.values()):
+            client.session.offer(item)
         client.wake.set()
         reader = asyncio.create_task(self._read(client))
         try:

@@ -219,6 +219,9 @@ def test_a_finished_run_lingers_and_the_page_says_ended_then_finished(browser: A
                                timeout=scaled(15) * 1000)
         kinds = page.eval_on_selector_all(".stream .events li", "items => items.map(i => i.dataset.kind)")
         assert "stream_ended" in kinds and "stream_started" in kinds
+        # The stream's last scores, not dashes: the server hands a late viewer each stream's newest estimate.
+        page.wait_for_function("() => [...document.querySelectorAll('.stream .bar .value')]"
+                               ".some(v => /^-?\\d\\.\\d\\d$/.test(v.textContent))", timeout=scaled(10) * 1000)
         assert cli.process.poll() is None  # still serving: it lingers
         cli.process.send_signal(signal.SIGTERM)
         assert cli.finish() == 0
