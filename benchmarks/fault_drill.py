@@ -653,36 +653,33 @@ def message_row(name: str, event: Message | None, must_mention: tuple[str, ...] 
     return checked("rtsp", name, detail[:70] or "-", "says what happened", problems)
 
 
-def _camera_run(drill: Drill, name: str) -> tuple[peers.RtspCamera, Path, list[str]]:
+@contextlib.contextmanager
+def _camera_run(drill: Drill, name: str) -> Iterator[tuple[peers.RtspCamera, peers.Affectstream, Path]]:
+    """A live run of a fresh RTSP camera, streaming: (camera, the run, its JSONL); the camera is killed after."""
     camera = peers.RtspCamera()
     camera.start()
     out = drill.work / "rtsp" / f"{name}.jsonl"
-    return camera, out, _live_args(camera.url, out)
+    try:
+        with affectstream(_live_args(camera.url, out), drill.work / "rtsp", name) as process:
+            _streaming(process, out)
+            yield camera, process, out
+    finally:
+        camera.kill()
 
 
 def rtsp_streaming(drill: Drill) -> list[Row]:
-    camera, out, args = _camera_run(drill, "streaming")
-    try:
-        with affectstream(args, drill.work / "rtsp", "streaming") as process:
-            _streaming(process, out)
-            return [shutdown_row("sigterm-streaming", _terminate(process, out), ExitStatus.OK)]
-    finally:
-        camera.kill()
+    with _camera_run(drill, "streaming") as (_, process, out):
+        return [shutdown_row("sigterm-streaming", _terminate(process, out), ExitStatus.OK)]
 
 
 def rtsp_stall(drill: Drill) -> list[Row]:
     """A frozen camera: reported after the read timeout; SIGTERM while the source reopens."""
-    camera, out, args = _camera_run(drill, "stall")
-    try:
-        with affectstream(args, drill.work / "rtsp", "stall") as process:
-            _streaming(process, out)
-            frozen = camera.freeze()
-            process.wait_for(out, lambda ms: _fault_event_after(ms, frozen) is not None, 30)
-            event = _fault_event_after(peers.read_jsonl(out), frozen)
-            time.sleep(1.5)  # backoff, then an open that hangs on the frozen server
-            outcome = _terminate(process, out)
-    finally:
-        camera.kill()
+    with _camera_run(drill, "stall") as (camera, process, out):
+        frozen = camera.freeze()
+        process.wait_for(out, lambda ms: _fault_event_after(ms, frozen) is not None, 30)
+        event = _fault_event_after(peers.read_jsonl(out), frozen)
+        time.sleep(1.5)  # backoff, then an open that hangs on the frozen server
+        outcome = _terminate(process, out)
     return [report_row("stall-reported", frozen, event, READ_TIMEOUT_S, "read timeout"),
             message_row("stall-message", event, ("frame", "timeout", "stall", "no data")),
             shutdown_row("sigterm-reopening", outcome, ExitStatus.OK)]
@@ -690,30 +687,20 @@ def rtsp_stall(drill: Drill) -> list[Row]:
 
 def rtsp_stalled_signal(drill: Drill) -> list[Row]:
     """SIGTERM while the camera is frozen and the read timeout has not fired yet."""
-    camera, out, args = _camera_run(drill, "stalled")
-    try:
-        with affectstream(args, drill.work / "rtsp", "stalled") as process:
-            _streaming(process, out)
-            camera.freeze()
-            time.sleep(2)
-            return [shutdown_row("sigterm-stalled", _terminate(process, out), ExitStatus.OK)]
-    finally:
-        camera.kill()
+    with _camera_run(drill, "stalled") as (camera, process, out):
+        camera.freeze()
+        time.sleep(2)
+        return [shutdown_row("sigterm-stalled", _terminate(process, out), ExitStatus.OK)]
 
 
 def rtsp_drop(drill: Drill) -> list[Row]:
     """The camera process dies: reported within the read timeout; SIGTERM while reconnecting."""
-    camera, out, args = _camera_run(drill, "drop")
-    try:
-        with affectstream(args, drill.work / "rtsp", "drop") as process:
-            _streaming(process, out)
-            gone = camera.kill()
-            process.wait_for(out, lambda ms: _fault_event_after(ms, gone) is not None, 30)
-            event = _fault_event_after(peers.read_jsonl(out), gone)
-            time.sleep(1.5)  # now in the backoff between reopen attempts
-            outcome = _terminate(process, out)
-    finally:
-        camera.kill()
+    with _camera_run(drill, "drop") as (camera, process, out):
+        gone = camera.kill()
+        process.wait_for(out, lambda ms: _fault_event_after(ms, gone) is not None, 30)
+        event = _fault_event_after(peers.read_jsonl(out), gone)
+        time.sleep(1.5)  # now in the backoff between reopen attempts
+        outcome = _terminate(process, out)
     return [report_row("drop-reported", gone, event, READ_TIMEOUT_S, "read timeout"),
             shutdown_row("sigterm-reconnecting", outcome, ExitStatus.OK)]
 
