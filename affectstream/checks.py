@@ -16,6 +16,7 @@ from pathlib import Path
 from affectstream.engine.interfaces import HeadKind
 from affectstream.errors import ConfigError
 from affectstream.stream.netloc import host_port, url_host
+from affectstream.stream.sources import MIN_FRAME_SIDE
 
 
 def number(low: float | None = None, high: float | None = None, *, low_open: bool = False,
@@ -41,8 +42,6 @@ def number(low: float | None = None, high: float | None = None, *, low_open: boo
 
 def frame_side(text: str) -> int:
     """``--max-frame-side``: 0 (full size) or at least MIN_FRAME_SIDE pixels (what the detectors read)."""
-    from affectstream.stream.sources import MIN_FRAME_SIDE
-
     value = int(number(0, integer=True)(text))
     if 0 < value < MIN_FRAME_SIDE:
         raise argparse.ArgumentTypeError(f"{text} is out of range: use 0 (full size) or a value >= {MIN_FRAME_SIDE}")
