@@ -1,4 +1,5 @@
-"""The websocket server and dashboard: one port, protocol v1 (docs/protocol.md), resumable.
+"""The server: websocket protocol v1 (docs/protocol.md, resumable), the dashboard, and the routes the
+video parts add (stream/video_routes.py), all on one port (aiohttp).
 
 Threads: the pipeline calls ``StreamServer.publish`` (never blocks: it appends to a bounded inbox and
 wakes the event loop at most once per batch); the server's own asyncio loop runs in a daemon thread,
@@ -7,9 +8,10 @@ stores durable messages in the event log, and hands every message to each client
 client sends what its session releases, at the pace its socket accepts: a client that stops reading
 only fills its own bounded queue, then is told it lagged, so it never slows the pipeline or others.
 
-Admission happens before the upgrade, in ``process_request``: Host (403: a name that is not ours is
-how DNS rebinding gets a browser to talk to us), token (401), Origin (403), a malformed ``?resume=``
-(400), connection cap (503). Plain HTTP GET and HEAD get the dashboard's files; other methods 405.
+Admission (stream/admission.py) happens before a websocket is accepted: Host (403), token (401),
+Origin (403), a malformed ``?resume=`` (400), connection cap (503). Plain HTTP GET and HEAD get the
+dashboard's files; a mounted route (``StreamServer.mount``) answers its own paths and methods; any
+other method is 405.
 
 The event log writes through ``BufferedLog`` (stream/log_backlog.py): when it cannot write (a full
 disk) clients still get everything live, each is told with a ``server_status`` message, and
@@ -21,23 +23,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import dataclasses
-import hmac
+import contextlib
 import http
-import ipaddress
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
 
 from affectstream._version import PROTOCOL_VERSION
 from affectstream.errors import AffectstreamError, ConfigError, MissingExtraError
+from affectstream.stream.admission import Admission, Refusal, host_allowed, host_name, is_loopback
 from affectstream.stream.eventlog import EventLog, EventLogConfig
 from affectstream.stream.log_backlog import BufferedLog, LogHealth, LogState
 from affectstream.stream.messages import ErrorReply, Hello, MessageType, Record, ServerStatus
@@ -45,8 +45,9 @@ from affectstream.stream.netloc import host_port
 from affectstream.stream.subscriptions import ClientSession, Outgoing, ProtocolError, resume_in_query
 
 if TYPE_CHECKING:
-    from websockets.asyncio.server import ServerConnection
-    from websockets.http11 import Request, Response
+    from aiohttp import web
+
+__all__ = ["Handler", "ServerConfig", "ServerCounters", "StreamServer", "host_allowed", "host_name", "is_loopback"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'se
                            "connect-src 'self'; base-uri 'none'; frame-ancestors 'none'")
 MAX_CLIENT_ERRORS = 20  # protocol errors tolerated from one client before it is closed (1008)
 SEND_BATCH = 64
+MAX_BODY_BYTES = 256 * 1024  # a POSTed body (an SDP offer is a few kB)
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,8 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ()  # Host names besides localhost and IP literals; "*" = any
     max_message_bytes: int = 64 * 1024  # largest client message; bigger closes with 1009
     max_connections: int = 256
+    # A ping this often (None: none); a client that does not answer within half of it is closed.
     ping_interval_s: float | None = 20.0
-    ping_timeout_s: float | None = 20.0
     client_queue_size: int = 1024  # durable messages waiting for one client before it is lagged
     eventlog_path: Path | None = None  # None: in memory
     retention_s: float = 24 * 3600.0
@@ -99,43 +101,15 @@ class ServerConfig:
         EventLogConfig(self.eventlog_path, self.retention_s, self.estimate_retention_s)  # validates
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a hostname or "0.0.0.0"-like wildcard: treat as reachable from outside
-
-
-def host_name(host_header: str) -> str:
-    """The name in a Host header, without port or IPv6 brackets, lower case ("" if there is none)."""
-    value = host_header.strip().lower()
-    if value.startswith("["):
-        return value[1:value.find("]")] if "]" in value else ""
-    name = value.rsplit(":", 1)[0] if value.count(":") == 1 else value
-    return name.rstrip(".")  # "box.lan." is "box.lan"
-
-
-def host_allowed(host_header: str, bound: str, allowed: tuple[str, ...]) -> bool:
-    """A request may name us as localhost, an IP address, the address we are bound to, or an allowed
-    name. Any other name is refused: a page on evil.example that re-resolves its own name to our
-    address (DNS rebinding) sends ``Host: evil.example``, and its Origin matches that Host."""
-    name = host_name(host_header)
-    if not name:
-        return False
-    if "*" in allowed or name in {h.lower() for h in allowed} or name == bound.lower() or name == "localhost":
-        return True
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return name.endswith(".localhost")  # RFC 6761: always loopback
-    return True  # an IP literal cannot be rebound
+# A mounted route: called after the Host check, for every method; it checks token and Origin itself
+# (``StreamServer.admission``) because what it needs differs (an <img> sends no Origin).
+Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
 
 
 @dataclass(eq=False)  # identity: clients live in a set
 class _Client:
-    connection: ServerConnection
+    connection: web.WebSocketResponse
+    remote: str | None
     session: ClientSession
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
@@ -159,11 +133,13 @@ class StreamServer:
 
     def __init__(self, config: ServerConfig, hello: Callable[[], Hello], eventlog: EventLog | None = None) -> None:
         self.config = config
+        self.admission = Admission(config.host, config.token, config.allowed_origins, config.allowed_hosts)
         self._hello = hello
         self._log = BufferedLog(eventlog or EventLog(
             EventLogConfig(config.eventlog_path, config.retention_s, config.estimate_retention_s)))
         self._log_health: LogHealth | None = None  # set by stop()
         self._web = _load_web_files()
+        self._routes: dict[str, Handler] = {}  # path prefix -> handler (mount)
         self._lock = threading.Lock()
         self._inbox: collections.deque[Record] = collections.deque()
         self._wake_pending = False
@@ -176,15 +152,29 @@ class StreamServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping: asyncio.Event | None = None
+        self._on_loop_start: list[Callable[[asyncio.AbstractEventLoop], None]] = []
+        self._on_loop_stop: list[Callable[[], Awaitable[None]]] = []
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self._port = config.port
 
     # -- lifecycle (any thread) ---------------------------------------------------------------------
 
+    def mount(self, prefix: str, handler: Handler, *, on_start: Callable[[asyncio.AbstractEventLoop], None] | None = None,
+              on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Route every request whose path starts with ``prefix`` to ``handler`` (before ``start``).
+        ``on_start`` gets the server's loop once it runs; ``on_stop`` is awaited before it closes."""
+        if self._thread is not None:
+            raise AffectstreamError("routes are mounted before the server starts")
+        self._routes[prefix] = handler
+        if on_start is not None:
+            self._on_loop_start.append(on_start)
+        if on_stop is not None:
+            self._on_loop_stop.append(on_stop)
+
     def start(self, timeout: float = 10.0) -> None:
         """Start listening in a daemon thread; returns once the port is bound."""
-        _require_websockets()
+        _require_aiohttp()
         if self._thread is not None:
             raise AffectstreamError("the websocket server was already started")
         self._thread = threading.Thread(target=self._run, name="ws-server", daemon=True)
@@ -267,15 +257,6 @@ class StreamServer:
 
         return asyncio.run_coroutine_threadsafe(run(), loop).result(10.0)
 
-    @staticmethod
-    def _websockets_log() -> logging.Logger:
-        # websockets logs every HTTP response and closed connection at INFO: per-client noise that
-        # belongs at DEBUG. Set this logger's level explicitly to see it.
-        library_log = logging.getLogger(f"{__name__}.websockets")
-        if library_log.level == logging.NOTSET:
-            library_log.setLevel(logging.WARNING)
-        return library_log
-
     def _run(self) -> None:
         try:
             asyncio.run(self._serve())
@@ -285,28 +266,41 @@ class StreamServer:
             self._started.set()  # start() never waits for a loop that died
 
     async def _serve(self) -> None:
-        from websockets.asyncio.server import serve
+        from aiohttp import web
 
         self._stopping = asyncio.Event()
-        async with serve(
-            self._handle, self.config.host, self.config.port,
-            process_request=self._admit, max_size=self.config.max_message_bytes,
-            ping_interval=self.config.ping_interval_s, ping_timeout=self.config.ping_timeout_s,
-            compression=None,  # per-client compression of a broadcast costs more CPU than it saves
-            server_header=f"affectstream/{PROTOCOL_VERSION}", logger=self._websockets_log(),
-        ) as server:
-            self._port = next(iter(server.sockets)).getsockname()[1]
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        app.on_response_prepare.append(_server_header)
+        # No access log: a line per request is per-client noise (the dashboard polls nothing, but
+        # MJPEG viewers and probes come and go).
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.config.host, self.config.port, reuse_address=True)
+            await site.start()
+            self._port = int(runner.addresses[0][1])
             with self._lock:
                 self._loop = asyncio.get_running_loop()
                 if self._inbox:  # published before the loop existed
                     self._wake_pending = True
                     self._loop.call_soon(self._drain)
+            for hook in self._on_loop_start:
+                hook(self._loop)
             self._started.set()
             await self._stopping.wait()
             self._drain()
             await self._let_writers_finish(1.0)
-        with self._lock:
-            self._loop = None
+            for stop_hook in self._on_loop_stop:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(stop_hook(), 2.0)
+            for client in list(self._clients):
+                with contextlib.suppress(Exception):
+                    await client.connection.close(code=1001, message=b"server shutting down")
+        finally:
+            await runner.cleanup()
+            with self._lock:
+                self._loop = None
 
     async def _let_writers_finish(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -353,84 +347,71 @@ class StreamServer:
 
     # -- admission and HTTP -------------------------------------------------------------------------------
 
-    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = urlsplit(request.path).path
-        host = request.headers.get("Host", "")
-        # /healthz says nothing but "ok": probes that name the server as their platform does
-        # (a compose service name) need no --allow-host.
-        if path != "/healthz" and not host_allowed(host, self.config.host, self.config.allowed_hosts):
-            name = host_name(host) or "(none)"
-            response = connection.respond(http.HTTPStatus.FORBIDDEN,
-                                          f"Host {name} is not this server's name: start the server with "
-                                          f"--allow-host {name} if it is\n")
-            return _without_body(response) if request.method == "HEAD" else response
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            return self._http(connection, request.method, path)
-        if self.config.token is not None and not self._token_ok(request):
-            return connection.respond(http.HTTPStatus.UNAUTHORIZED,
-                                      "missing or wrong token: add ?token=... to the URL or send "
-                                      "'Authorization: Bearer ...'\n")
-        origin = request.headers.get("Origin")
-        if origin is not None and not self._origin_ok(origin, request.headers.get("Host", "")):
-            return connection.respond(http.HTTPStatus.FORBIDDEN,
-                                      f"Origin {origin} is not allowed: start the server with "
-                                      f"--allow-origin {origin}\n")
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        refused = self.admission.check_host(request.headers, request.path)
+        if refused is not None:
+            return refusal_response(refused)
+        for prefix, handler in self._routes.items():
+            if request.path.startswith(prefix):
+                return await handler(request)
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request)
+        return self._http(request)
+
+    def _websocket_refusal(self, request: web.Request) -> Refusal | None:
+        refused = self.admission.check_token(request.headers, request.query_string) \
+            or self.admission.check_origin(request.headers)
+        if refused is not None:
+            return refused
         try:
-            resume_in_query(urlsplit(request.path).query)
+            resume_in_query(request.query_string)
         except ProtocolError as error:
-            return connection.respond(http.HTTPStatus.BAD_REQUEST, f"{error}\n")
+            return Refusal(http.HTTPStatus.BAD_REQUEST, f"{error}\n")
         if len(self._clients) >= self.config.max_connections:
-            response = connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
-                                          f"connection cap of {self.config.max_connections} reached; retry later\n")
-            response.headers["Retry-After"] = "5"
-            return response
+            return Refusal(http.HTTPStatus.SERVICE_UNAVAILABLE,
+                           f"connection cap of {self.config.max_connections} reached; retry later\n")
         return None
 
-    def _token_ok(self, request: Request) -> bool:
-        expected = str(self.config.token).encode()
-        offered = parse_qs(urlsplit(request.path).query).get("token", [""])[-1]
-        authorization = request.headers.get("Authorization", "")
-        if authorization.lower().startswith("bearer "):
-            offered = authorization[7:].strip()
-        return hmac.compare_digest(offered.encode(), expected)
+    def _http(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
 
-    def _origin_ok(self, origin: str, host: str) -> bool:
-        allowed = self.config.allowed_origins
-        return "*" in allowed or origin in allowed or origin in (f"http://{host}", f"https://{host}")
-
-    def _http(self, connection: ServerConnection, method: str, path: str) -> Response:
-        from websockets.datastructures import Headers
-        from websockets.http11 import Response
-
-        if method not in ("GET", "HEAD"):
-            response = connection.respond(http.HTTPStatus.METHOD_NOT_ALLOWED,
-                                          f"{method} is not supported here: the dashboard answers GET and HEAD\n")
-            response.headers["Allow"] = "GET, HEAD"
-            return response
-        if path == "/healthz":
-            response = connection.respond(http.HTTPStatus.OK, "ok\n")
-        elif path not in self._web:
-            response = connection.respond(http.HTTPStatus.NOT_FOUND, "not found: the dashboard is at /\n")
-        else:
-            body, content_type = self._web[path]
-            headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
-                               ("Cache-Control", "no-cache"), ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
-                               ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer")])
-            response = Response(200, "OK", headers, body)
-        return _without_body(response) if method == "HEAD" else response
+        if request.method not in ("GET", "HEAD"):
+            return web.Response(status=405, text=f"{request.method} is not supported here: the dashboard answers "
+                                                 "GET and HEAD\n", headers={"Allow": "GET, HEAD"})
+        if request.path == "/healthz":
+            return web.Response(text="ok\n")
+        if request.path not in self._web:
+            return web.Response(status=404, text="not found: the dashboard is at /\n")
+        body, content_type = self._web[request.path]
+        return web.Response(body=body, headers={
+            "Content-Type": content_type, "Cache-Control": "no-cache",
+            "Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer"})
 
     # -- one client -------------------------------------------------------------------------------------
 
-    async def _handle(self, connection: ServerConnection) -> None:
-        client = _Client(connection, ClientSession(self.config.client_queue_size, self._log.since))
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
+        refused = self._websocket_refusal(request)
+        if refused is not None:
+            response = refusal_response(refused)
+            if refused.status == http.HTTPStatus.SERVICE_UNAVAILABLE:
+                response.headers["Retry-After"] = "5"
+            return response
+        connection = web.WebSocketResponse(
+            max_msg_size=self.config.max_message_bytes, compress=False,  # per-client compression of a
+            heartbeat=self.config.ping_interval_s, autoping=True)  # broadcast costs more CPU than it saves
+        await connection.prepare(request)
+        client = _Client(connection, request.remote, ClientSession(self.config.client_queue_size, self._log.since))
         self._clients.add(client)
-        log.debug("client %s connected (%d now)", connection.remote_address, len(self._clients))
+        log.debug("client %s connected (%d now)", client.remote, len(self._clients))
         client.session.reply(self._hello())
         health = self._log.health()
         if health.state is not LogState.OK or health.lost:
             client.session.reply(self._status())  # a late client learns of the outage and its losses too
         # Before the first await: no live message can be offered to this client ahead of its resume.
-        resume = resume_in_query(urlsplit(connection.request.path).query) if connection.request else {}
+        resume = resume_in_query(request.query_string)
         if resume:
             client.session.resume(resume)
         # Each stream's newest estimate, so that a late viewer (a stream that ended, one that is slow)
@@ -448,36 +429,40 @@ class StreamServer:
             self._lagged_times += counters.lagged_times
             self._coalesced += counters.coalesced
             self._replayed += counters.replayed
-            log.debug("client %s gone (%d left)", connection.remote_address, len(self._clients))
+            log.debug("client %s gone (%d left)", client.remote, len(self._clients))
+        return connection
 
     async def _write(self, client: _Client) -> None:
-        from websockets.exceptions import ConnectionClosed
-
         try:
-            while not client.closed:
+            while not client.closed and not client.connection.closed:
                 batch = client.session.take(SEND_BATCH)
                 if batch:
                     for item in batch:
-                        await client.connection.send(item.text)
+                        await client.connection.send_str(item.text)
                 elif client.session.pending:
                     await asyncio.sleep(0)  # a replay page was filtered out entirely: let others run
                 else:
                     client.wake.clear()
                     await client.wake.wait()
-        except ConnectionClosed:
-            pass
+        except (ConnectionError, RuntimeError):
+            pass  # the client went away mid-send (aiohttp raises ConnectionResetError)
 
     async def _read(self, client: _Client) -> None:
-        from websockets.exceptions import ConnectionClosed
+        from aiohttp import WSMsgType
 
         try:
-            async for frame in client.connection:
-                self._on_client_message(client, frame)
+            async for message in client.connection:
+                if message.type is WSMsgType.TEXT:
+                    self._on_client_message(client, message.data)
+                elif message.type is WSMsgType.BINARY:
+                    self._on_client_message(client, bytes(message.data))
+                else:
+                    break  # an error (e.g. a message over max_message_bytes: aiohttp closed it with 1009)
                 client.wake.set()
                 if client.errors > MAX_CLIENT_ERRORS:
-                    await client.connection.close(1008, "too many malformed messages")
+                    await client.connection.close(code=1008, message=b"too many malformed messages")
                     break
-        except ConnectionClosed:
+        except (ConnectionError, RuntimeError):
             pass
         finally:
             client.closed = True
@@ -510,16 +495,22 @@ class StreamServer:
         )
 
 
-def _without_body(response: Response) -> Response:
-    # HEAD: the headers GET would send (Content-Length included), no body.
-    return dataclasses.replace(response, body=b"")
+def refusal_response(refused: Refusal) -> web.Response:
+    """A refusal as plain text (HEAD: its headers only; aiohttp leaves a HEAD answer's body out)."""
+    from aiohttp import web
+
+    return web.Response(status=int(refused.status), text=refused.text)
 
 
-def _require_websockets() -> None:
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = f"affectstream/{PROTOCOL_VERSION}"
+
+
+def _require_aiohttp() -> None:
     try:
-        import websockets  # noqa: F401
+        import aiohttp  # noqa: F401
     except ImportError as error:
-        raise MissingExtraError("websockets", "server", "the websocket server") from error
+        raise MissingExtraError("aiohttp", "server", "the websocket server") from error
 
 
 def _load_web_files() -> dict[str, tuple[bytes, str]]:
