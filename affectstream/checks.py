@@ -184,6 +184,12 @@ def no_conflicts(args: argparse.Namespace) -> None:
 
 def preflight_run(args: argparse.Namespace, sources: list[tuple[str, str]]) -> None:
     no_conflicts(args)
+    if not sources and not args.allow_browser_sources:
+        raise ConfigError("give at least one SOURCE (a file, camera or URL), or --allow-browser-sources to "
+                          "take cameras from browsers at /capture")
+    if args.allow_browser_sources and (args.no_serve or args.no_video):
+        raise ConfigError("--allow-browser-sources takes cameras through the server's /capture page: drop "
+                          "--no-serve and --no-video")
     unique_names(sources)
     if args.bundle and args.head in (HeadKind.AUTO, HeadKind.LSTM) and bidirectional_bundle(args.bundle):
         raise ConfigError(f"{args.bundle} holds a bidirectional model, which reads whole files: "

@@ -114,6 +114,24 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--retention", type=POSITIVE, default=24 * 3600.0, metavar="S",
                        help="seconds of events and summaries kept in the event log")
     group.add_argument("--max-connections", type=COUNT, default=256)
+    group.add_argument("--keep-estimates", type=NON_NEGATIVE, default=120.0, metavar="S",
+                       help="seconds of estimates kept in the event log too, so that a late viewer sees the "
+                       "timeline and last scores of a stream (0: events and summaries only)")
+
+
+def _add_video_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("video in the dashboard (WebRTC, MJPEG) and browser cameras")
+    group.add_argument("--no-video", action="store_true",
+                       help="send no video to browsers (no /webrtc, /video or /capture routes)")
+    group.add_argument("--video-lines", type=number(64, integer=True), default=720, metavar="N",
+                       help="the dashboard's video is at most N lines high")
+    group.add_argument("--video-fps", type=number(1, 60), default=15.0, metavar="F",
+                       help="the dashboard's video is at most F frames per second")
+    group.add_argument("--max-peers", type=COUNT, default=32, metavar="N",
+                       help="WebRTC peers (viewers and browser cameras) at most; MJPEG viewers at most as many")
+    group.add_argument("--allow-browser-sources", action="store_true",
+                       help="a browser may send its camera as a stream from the /capture page (token and "
+                       "Origin rules as for the websocket); with no SOURCE the run waits for cameras until stopped")
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):
@@ -141,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="analyse live sources and files; stream messages as JSON Lines "
                               "and over a websocket")
-    run.add_argument("sources", nargs="+", metavar="SOURCE",
+    run.add_argument("sources", nargs="*", metavar="SOURCE",
                      help="file, webcam index or /dev/videoN, rtsp:// rtmp:// http(s):// (HLS) URL; "
                           "name it with NAME=SOURCE")
     run.add_argument("--fast", action="store_true", help="read files as fast as possible instead of in real time")
@@ -161,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(run)
     _add_pipeline_options(run)
     _add_server_options(run)
+    _add_video_options(run)
 
     analyze = commands.add_parser("analyze", help="summarise a whole video file as fast as the machine allows")
     analyze.add_argument("file")

@@ -9,9 +9,9 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from affectstream._shutdown import HurryOnSignal
 from affectstream.checks import parse_windows
@@ -27,7 +27,9 @@ from affectstream.stream.sinks import FanoutSink, JsonlSink, MemorySink, Sink
 from affectstream.stream.sources import SourceConfig, SourceKind, classify_uri
 
 if TYPE_CHECKING:
+    from affectstream.stream.frames import VideoFrame
     from affectstream.stream.recording import AnnotatedRecorder
+    from affectstream.stream.video_routes import VideoService
 
 log = logging.getLogger("affectstream")
 
@@ -116,6 +118,8 @@ def stream_status(outcome: StreamOutcome) -> int:
 def exit_status(outcomes: Mapping[str, StreamOutcome]) -> int:
     """0 if every stream ended well, 4 if none gave anything, else 3."""
     statuses = {stream_status(outcome) for outcome in outcomes.values()}
+    if not statuses:
+        return ExitStatus.OK  # a run that waited for browser cameras and none came: nothing went wrong
     if statuses == {ExitStatus.NOTHING}:
         return ExitStatus.NOTHING
     return ExitStatus.OK if statuses == {ExitStatus.OK} else ExitStatus.PARTIAL
@@ -136,19 +140,31 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
     if args.out:
         sinks.append(JsonlSink.to_path(Path(args.out), line_flush=True))
     server = None
+    video = None
+    streams: list[Pipeline] = []  # the hello lists the pipeline's streams, browser cameras included
     if not args.no_serve:
         from affectstream.stream.server import server_from_args
 
-        server = server_from_args(args, environment, engine, [sid for sid, _ in sources])
+        initial = [sid for sid, _ in sources]
+        server = server_from_args(args, environment, engine, lambda: streams[0].stream_ids if streams else initial)
         sinks.append(server)
+        video = _video_service(args, config)
+        if video is not None:
+            video.mount(server)
     sink = FanoutSink(sinks)
     first_seqs: dict[str, int] = {}
     if server is not None:
         server.start()
         log.info("dashboard and websocket at http://%s/", host_port(args.host, server.port))
+        if args.allow_browser_sources:
+            log.info("browser cameras join at http://%s/capture", host_port(args.host, server.port))
         first_seqs = {sid: server.next_seq(sid) for sid, _ in sources}
+    # Browser cameras may come at any time: such a run lasts until it is stopped (or --duration).
     pipeline = Pipeline(sources, engine.encoder, engine.head, sink, engine.labels, config,
-                        first_seqs=first_seqs, faces=engine.faces)
+                        first_seqs=first_seqs, faces=engine.faces, allow_empty=args.allow_browser_sources)
+    streams.append(pipeline)
+    if video is not None:
+        video.attach(pipeline)
     overlay = None
     if args.show:
         from affectstream.stream.overlay import OverlayWindow
@@ -156,7 +172,7 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
         overlay = OverlayWindow(engine.labels)
         pipeline.on_frame = overlay.on_frame
         pipeline.on_record = overlay.on_record
-    _attach_recorder(pipeline, recorder)
+    _attach_taps(pipeline, [tap for tap in (recorder, video) if tap is not None])
     pipeline.start()
     interrupted = False
     try:
@@ -184,6 +200,8 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
             recorded = _close_recorder(recorder)
             if server is not None:
                 server.stop()
+            if video is not None:
+                video.close()
             sink.close()
     status = exit_status(pipeline.outcomes)
     if not recorded and status == ExitStatus.OK:
@@ -232,19 +250,44 @@ def _recorder(args: argparse.Namespace, labels: tuple[str, ...]) -> AnnotatedRec
     return None
 
 
-def _attach_recorder(pipeline: Pipeline, recorder: AnnotatedRecorder | None) -> None:
-    """Every frame the pumps read, and the records, go to the recorder too (besides any other tap)."""
-    if recorder is None:
+class _Tap(Protocol):
+    """What sees every frame the pumps read and every record: the annotated video, the dashboard's video."""
+
+    def on_decoded(self, frame: VideoFrame, sampled: bool, live: bool) -> None: ...
+
+    def on_record(self, record: StreamRecord) -> None: ...
+
+
+def _attach_taps(pipeline: Pipeline, taps: Sequence[_Tap]) -> None:
+    """Every frame the pumps read, and the records, go to each tap too (besides any other record tap)."""
+    if not taps:
         return
-    pipeline.on_decoded = recorder.on_decoded
     other = pipeline.on_record
 
-    def both(record: StreamRecord) -> None:
+    def decoded(frame: VideoFrame, sampled: bool, live: bool) -> None:
+        for tap in taps:
+            tap.on_decoded(frame, sampled, live)
+
+    def record(record: StreamRecord) -> None:
         if other is not None:
             other(record)
-        recorder.on_record(record)
+        for tap in taps:
+            tap.on_record(record)
 
-    pipeline.on_record = both
+    pipeline.on_decoded = decoded
+    pipeline.on_record = record
+
+
+def _video_service(args: argparse.Namespace, config: PipelineConfig) -> VideoService | None:
+    """The dashboard's video and the browser cameras (``--no-video``: none)."""
+    if args.no_video:
+        return None
+    from affectstream.stream.video_feed import VideoSettings
+    from affectstream.stream.video_routes import VideoService
+
+    settings = VideoSettings(max_lines=args.video_lines, max_fps=args.video_fps)
+    return VideoService(settings, max_peers=args.max_peers, allow_browser_sources=args.allow_browser_sources,
+                        source_config=config.source)
 
 
 def _hurry(pipeline: Pipeline, recorder: AnnotatedRecorder | None) -> Callable[[], None]:
@@ -379,7 +422,7 @@ def _analyze_pass(uri: str, config: PipelineConfig, engine: Engine, head: Any, s
     short, if one did; how it went; False if the ``--annotate`` video could not be written)."""
     pipeline = Pipeline([("file", uri)], engine.encoder, head, sink, engine.labels, config, faces=engine.faces)
     pipeline.on_record = on_record
-    _attach_recorder(pipeline, annotator)
+    _attach_taps(pipeline, [annotator] if annotator is not None else [])
     pipeline.start()
     interrupt: KeyboardInterrupt | None = None
     try:

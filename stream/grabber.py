@@ -16,6 +16,12 @@ that fails is replaced by a fresh one from ``source_factory`` after an exponenti
 are interruptible by ``stop()``). Whatever happens, the thread ends with a terminal event and closes
 the ring, so the reader of the ring always learns that the stream is over.
 
+The one exception to reconnecting: a grabber made with ``reconnects=False`` has no fresh source to
+ask for (its factory hands back the one source it was given, e.g. a browser's camera pushed over
+WebRTC, stream/push_source.py). Its source's end ends the stream (ENDED) and its first failure, at
+open or read, fails it (FAILED, with that failure's outcome and message): no reconnect loop on a
+source that cannot come back.
+
 ``stop()`` takes effect between frames, and wakes a backoff sleep at once. A source blocked inside
 FFmpeg (an open or a read of a camera that stopped answering) cannot be cut short: PyAV ends those
 calls only by its own timeouts. So a grabber still busy ``_STOP_GRACE_S`` after ``stop()`` ends the
@@ -122,8 +128,10 @@ class Grabber:
         config: SourceConfig,
         stop_event: threading.Event | None = None,
         modes: RingModes | None = None,
+        reconnects: bool = True,
     ) -> None:
         self.stream_id = stream_id
+        self._reconnects = reconnects  # False: the factory cannot make a fresh source (see the module docstring)
         self._source_factory = source_factory
         self._ring = ring
         self._on_event = on_event  # an observer (tests, logging); the events themselves go into the ring
@@ -254,7 +262,10 @@ class Grabber:
 
     def _gave_up(self, failure: SourceError, attempt: int) -> bool:
         """Out of attempts: a source never up after ``open_retries``, or any after ``max_reconnect_attempts``;
-        a camera device that does not exist at all fails at once."""
+        a camera device that does not exist at all fails at once; without reconnects, any failure does."""
+        if not self._reconnects:
+            self._finish(SourceState.FAILED, failure.outcome, str(failure))
+            return True
         never_up = self._last_pts is None and not self._ever_ran
         if _definitive(failure, never_up):
             self._finish(SourceState.FAILED, failure.outcome, str(failure))
@@ -296,8 +307,9 @@ class Grabber:
             self._finish(SourceState.ENDED, exc.outcome, f"{exc} ({source.damage.describe()})",
                          source.damage.as_dict())
             return None
-        if source.is_live:
+        if source.is_live and self._reconnects:
             return SourceError(f"{source.uri}: the stream ended", SourceOutcome.CONNECTION_LOST, source.uri)
+        # Media that ends, or a live source that cannot be opened again: its end is the stream's.
         damage = source.damage
         self._finish(SourceState.ENDED, damage.outcome or SourceOutcome.ENDED, damage.describe(), damage.as_dict())
         return None

@@ -19,6 +19,11 @@ construction, and the head is reset exactly between the frames of two connection
 Whether a stream is live is what its opened source says (``SourceInfo.is_live``, one rule in
 stream/sources.py): it arrives with the RUNNING event and sets the sampling rate and whether frames
 may be dropped when the encoder is behind.
+
+Streams may be added while the pipeline runs (``add_stream``: a browser's camera that connected). The
+table of streams is then shared with the caller's thread: it is replaced, never changed, once the
+pipeline runs (a thread iterating it keeps the one it took), and ``_lock`` orders additions against
+``start``, ``stop``, the emitter's decision that the run is over, and a finished stream's last stats.
 """
 
 from __future__ import annotations
@@ -144,11 +149,16 @@ _BatchItem = SampledFrame | StreamMarker
 class _StreamRuntime:
     """Everything the pipeline keeps for one stream."""
 
-    def __init__(self, stream_id: str, uri: str, ring: RingBuffer, max_in_flight: int) -> None:
+    def __init__(self, stream_id: str, uri: str, ring: RingBuffer, max_in_flight: int, session: StreamSession,
+                 live: bool, source: Source | None) -> None:
         self.stream_id = stream_id
         self.uri = uri
         self.ring = ring
-        self.is_live = is_live(uri)  # until the source opens and says
+        self.session = session
+        self.stats = StreamStats()
+        self.source = source  # given to add_stream: the one source of this stream, never reconnected
+        self.is_live = live  # until the source opens and says
+        self.last_ts = 0.0  # media time of the last estimate (written by the emitter only)
         self.in_flight = threading.BoundedSemaphore(max_in_flight)
         self.dropped_in_flight = 0  # live frames dropped because the encoder was behind
         self.sampled = 0
@@ -173,8 +183,10 @@ class Pipeline:
         source_factory: Callable[[str, str, SourceConfig], Source] = open_source,
         first_seqs: Mapping[str, int] | None = None,
         faces: FaceModel | None = None,
+        allow_empty: bool = False,
     ) -> None:
-        if not sources:
+        # allow_empty: streams come later (add_stream), and the run lasts until stop() (see wait()).
+        if not sources and not allow_empty:
             raise PipelineError("no source given: pass at least one file, camera or URL")
         if (encoder is None) != (head is None):
             raise PipelineError("the whole-frame encoder and its head come together: pass both or neither")
@@ -199,22 +211,14 @@ class Pipeline:
         self._hurrying = False  # hurry(): sampled frames still queued are skipped (a plain flag: no lock)
         self._batches: BatchQueue[_BatchItem] = BatchQueue(config.batch.max_batch, config.batch.max_wait_ms)
         self._outbox: _Outbox = queue.SimpleQueue()
-        self._streams: dict[str, _StreamRuntime] = {}
-        for stream_id, uri in sources:
-            # The ring starts in the mode the uri suggests; the grabber sets it from the opened source.
-            policy, capacity = config.ring.mode(is_live(uri))
-            self._streams[stream_id] = _StreamRuntime(stream_id, uri,
-                                                      RingBuffer(capacity, policy, config.ring_max_bytes),
-                                                      config.max_in_flight)
+        self._allow_empty = allow_empty
+        self._lock = threading.Lock()  # see the module docstring
+        self._sealed = False  # the run is over: no stream may be added
         # A server with an event log hands over where each stream's numbering left off, so that
         # `resume` from a seq keeps working across restarts of affectstream.
         first_seqs = first_seqs or {}
-        self._sessions = {
-            sid: StreamSession(sid, labels, config.analytics, first_seq=first_seqs.get(sid, 0),
-                               faces=config.faces if faces is not None else None)
-            for sid in self._streams
-        }
-        self._stats = {sid: StreamStats() for sid in self._streams}
+        self._streams: dict[str, _StreamRuntime] = {
+            sid: self._new_runtime(sid, uri, first_seqs.get(sid, 0), None) for sid, uri in sources}
         self._threads: list[threading.Thread] = []
         self._started = False
         self._done = threading.Event()
@@ -227,34 +231,80 @@ class Pipeline:
 
     @property
     def stream_ids(self) -> list[str]:
+        """Every stream's id, added ones included (any thread)."""
         return list(self._streams)
+
+    def running_stream_ids(self) -> list[str]:
+        """The ids of the streams that have not finished (any thread): the ids ``add_stream`` refuses."""
+        return [sid for sid, runtime in self._streams.items() if not runtime.finished.is_set()]
 
     @property
     def outcomes(self) -> dict[str, StreamOutcome]:
-        """How each stream went so far (complete once ``wait`` returned True)."""
+        """How each stream went so far (complete once ``wait`` returned True); a stream id taken again
+        by ``add_stream`` gives its newest stream's."""
         return {sid: runtime.outcome for sid, runtime in self._streams.items()}
 
     @property
     def open_faces(self) -> int:
         """Face tracks the sessions hold state for, all streams (a gauge, read from any thread: the
         emitter changes the counts, a reader may see one that is a frame old)."""
-        return sum(session.open_faces for session in self._sessions.values())
+        return sum(runtime.session.open_faces for runtime in self._streams.values())
+
+    def add_stream(self, stream_id: str, uri: str, source: Source | None = None, first_seq: int = 0) -> None:
+        """Add a stream before ``start()`` or while the pipeline runs (any thread; it does not wait).
+
+        ``source``: this stream's one source, e.g. a ``PushSource`` fed by the WebRTC side; it is never
+        reconnected, so its end or failure is the stream's (stream/grabber.py). Without it the source
+        comes from ``source_factory(uri, ...)`` and reconnects like the constructor's streams.
+        ``first_seq``: where an event log's numbering of this id left off (see the constructor).
+
+        The id must not be a running stream's. A finished stream's id may be taken again (a reloaded
+        capture page): the new stream replaces it in ``outcomes``, and its seqs continue after the old
+        ones, so that resume by seq stays monotonic. Refused once ``stop()`` was called or the run is
+        over (``wait()`` returned True).
+        """
+        if not stream_id:
+            raise PipelineError("a stream needs a non-empty id")
+        with self._lock:
+            if self._stop.is_set() or self._sealed:
+                raise PipelineError(f"cannot add stream {stream_id!r}: the pipeline has "
+                                    f"{'stopped' if self._stop.is_set() else 'finished (every stream ended)'}")
+            old = self._streams.get(stream_id)
+            if old is not None:
+                if not old.finished.is_set():
+                    raise PipelineError(f"stream id {stream_id!r} is in use by a stream that has not ended: "
+                                        "pick another name, or wait until it has (wait_stream)")
+                # Its last stats, if not out yet, are skipped: the emitter reads the table under the lock.
+                first_seq = max(first_seq, old.session.next_seq)
+            runtime = self._new_runtime(stream_id, uri, first_seq, source)
+            self._streams = {**self._streams, stream_id: runtime}
+            if self._started:
+                self._launch(runtime)
 
     def start(self) -> None:
-        if self._started:
-            raise PipelineError("a pipeline can be started once")
-        self._started = True
-        self._spawn("affectstream-infer", self._infer_loop)
-        self._spawn("affectstream-emit", self._emit_loop)
-        for runtime in self._streams.values():
-            runtime.grabber = Grabber(runtime.stream_id, self._make_source_factory(runtime), runtime.ring, None,
-                                      self._config.source, stop_event=self._stop, modes=self._config.ring)
-            runtime.grabber.start()
-            runtime.pump = self._spawn(f"affectstream-pump-{runtime.stream_id}", self._pump_loop, runtime)
+        with self._lock:
+            if self._started:
+                raise PipelineError("a pipeline can be started once")
+            self._started = True
+            self._spawn("affectstream-infer", self._infer_loop)
+            self._spawn("affectstream-emit", self._emit_loop)
+            for runtime in self._streams.values():
+                self._launch(runtime)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until every source has ended and its last message is written; False on timeout."""
+        """Block until the run is over and its last message is written; False on timeout.
+
+        Without ``allow_empty`` the run is over when every stream has ended (and then no stream can be
+        added). With it, streams may come at any time, so the run lasts until ``stop()``."""
         return self._done.wait(timeout)
+
+    def wait_stream(self, stream_id: str, timeout: float | None = None) -> bool:
+        """Block until the stream has finished (its last message is written, so ``add_stream`` may take
+        its id again, e.g. after ending the source of a reloaded capture page); False on timeout."""
+        runtime = self._streams.get(stream_id)
+        if runtime is None:
+            raise PipelineError(f"no stream {stream_id!r} in this pipeline (it has {self.stream_ids})")
+        return runtime.finished.wait(timeout)
 
     def hurry(self) -> None:
         """Skip the frames not yet analysed (a second Ctrl-C during ``stop()``): every stream still gets
@@ -264,8 +314,10 @@ class Pipeline:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the sources, let what is in flight finish, flush the sinks. Safe to call twice."""
-        self._stop.set()
-        for runtime in self._streams.values():
+        with self._lock:  # no stream is added after this
+            self._stop.set()
+            runtimes = list(self._streams.values())
+        for runtime in runtimes:
             if runtime.grabber is not None:
                 runtime.grabber.stop()
         self._done.wait(timeout)
@@ -290,9 +342,29 @@ class Pipeline:
         self._threads.append(thread)
         return thread
 
+    def _new_runtime(self, stream_id: str, uri: str, first_seq: int, source: Source | None) -> _StreamRuntime:
+        live = source.is_live if source is not None else is_live(uri)
+        # The ring starts in the mode the uri suggests; the grabber sets it from the opened source.
+        policy, capacity = self._config.ring.mode(live)
+        session = StreamSession(stream_id, self._labels, self._config.analytics, first_seq=first_seq,
+                                faces=self._config.faces if self._faces is not None else None)
+        return _StreamRuntime(stream_id, uri, RingBuffer(capacity, policy, self._config.ring_max_bytes),
+                              self._config.max_in_flight, session, live, source)
+
+    def _launch(self, runtime: _StreamRuntime) -> None:
+        """The stream's grabber and pump (called with ``_lock`` held)."""
+        self._threads = [thread for thread in self._threads if thread.is_alive()]  # ended pumps of a long run
+        runtime.grabber = Grabber(runtime.stream_id, self._make_source_factory(runtime), runtime.ring, None,
+                                  self._config.source, stop_event=self._stop, modes=self._config.ring,
+                                  reconnects=runtime.source is None)
+        runtime.grabber.start()
+        runtime.pump = self._spawn(f"affectstream-pump-{runtime.stream_id}", self._pump_loop, runtime)
+
     def _make_source_factory(self, runtime: _StreamRuntime) -> Callable[[], Source]:
         def factory() -> Source:
-            source = self._source_factory(runtime.uri, runtime.stream_id, self._config.source)
+            source = runtime.source
+            if source is None:
+                source = self._source_factory(runtime.uri, runtime.stream_id, self._config.source)
             # PacedSource paces only media that ends; a live source passes straight through.
             return PacedSource(source, self._stop) if self._config.pace_files else source
 
@@ -452,7 +524,6 @@ class Pipeline:
 
     def _emit_loop(self) -> None:
         next_stats = time.monotonic() + self._config.stats_interval_s
-        last_ts = {sid: 0.0 for sid in self._streams}
         while True:
             try:
                 item = self._outbox.get(timeout=0.1)
@@ -462,25 +533,35 @@ class Pipeline:
                 return
             try:
                 if item is not _IDLE:
-                    self._emit_item(item, last_ts)
+                    self._emit_item(item)
                 if time.monotonic() >= next_stats:
                     next_stats = time.monotonic() + self._config.stats_interval_s
-                    self._emit_stats(last_ts)
-                if not self._done.is_set() and all(rt.finished.is_set() for rt in self._streams.values()):
-                    self._emit_stats(last_ts)
+                    self._emit_stats()
+                if not self._done.is_set() and self._seal_if_over():
+                    self._emit_stats()
                     self._sink.flush()
                     self._done.set()
             except Exception:  # one bad message must not end the emitter: log and go on
                 log.exception("emitting a message failed")
 
-    def _emit_item(self, item: FrameResult | StreamMarker | BatchDone, last_ts: dict[str, float]) -> None:
+    def _seal_if_over(self) -> bool:
+        """Whether the run is over: every stream has finished and none may come any more (without
+        ``allow_empty``, none is added once all have ended; with it, streams may come until stop()).
+        Once it says so, ``add_stream`` refuses: the decision and the additions take the same lock."""
+        with self._lock:
+            if not self._sealed:
+                more_may_come = self._allow_empty and not self._stop.is_set()
+                self._sealed = not more_may_come and all(rt.finished.is_set() for rt in self._streams.values())
+            return self._sealed
+
+    def _emit_item(self, item: FrameResult | StreamMarker | BatchDone) -> None:
         if isinstance(item, BatchDone):
             if item.size:
-                for stats in self._stats.values():
-                    stats.record_batch(item.size)
+                for runtime in self._streams.values():
+                    runtime.stats.record_batch(item.size)
             return
         if isinstance(item, StreamMarker):
-            self._emit_marker(item, last_ts)
+            self._emit_marker(item)
             return
         frame = item.frame
         runtime = self._streams[frame.stream_id]
@@ -488,8 +569,8 @@ class Pipeline:
         now_ns = time.monotonic_ns()
         age_ms = (now_ns - frame.captured_ns) / 1e6
         stage_ms = {key: round(value, 3) for key, value in item.stage_ms.items() if key != "batch"}
-        last_ts[frame.stream_id] = frame.pts
-        session = self._sessions[frame.stream_id]
+        runtime.last_ts = frame.pts
+        session = runtime.session
         if item.faces is not None:
             clip = None if item.scores is None or item.sentiment is None else (item.scores, item.sentiment)
             records = session.on_faces(frame.pts, wall_ms(), item.faces, clip, latency_ms=stage_ms,
@@ -499,41 +580,46 @@ class Pipeline:
             records = session.on_estimate(frame.pts, wall_ms(), item.scores, item.sentiment,
                                           latency_ms=stage_ms, age_ms=round(age_ms, 3))
         runtime.outcome = _counted(runtime.outcome)
-        self._stats[frame.stream_id].record_estimate(frame.pts, age_ms, item.stage_ms)
+        runtime.stats.record_estimate(frame.pts, age_ms, item.stage_ms)
         self._write(records)
         self._write(self._drop_records(runtime, frame.pts))
 
-    def _emit_marker(self, marker: StreamMarker, last_ts: dict[str, float]) -> None:
+    def _emit_marker(self, marker: StreamMarker) -> None:
         event = marker.event
         runtime = self._streams[event.stream_id]
-        ts = last_ts[event.stream_id]
+        ts = runtime.last_ts
         runtime.outcome = _with_event(runtime.outcome, event)
         if event.terminal:
             # The final drops, episodes and partial summaries first: `stream_ended` (or
             # `stream_error`) is the stream's last durable message, so a client may stop reading there.
             self._write(self._drop_records(runtime, ts))
-            self._write(self._sessions[event.stream_id].finish(ts, wall_ms()))
-        self._write(self._sessions[event.stream_id].on_source_event(event, ts))
+            self._write(runtime.session.finish(ts, wall_ms()))
+        self._write(runtime.session.on_source_event(event, ts))
         if event.terminal:
             runtime.finished.set()
 
     def _drop_records(self, runtime: _StreamRuntime, ts: float) -> list[StreamRecord]:
         dropped = runtime.ring.counters().overwritten + runtime.dropped_in_flight
-        return self._sessions[runtime.stream_id].on_drops(ts, wall_ms(), dropped)
+        return runtime.session.on_drops(ts, wall_ms(), dropped)
 
-    def _emit_stats(self, last_ts: dict[str, float]) -> None:
-        for stream_id, runtime in self._streams.items():
-            if runtime.finished.is_set() and runtime.final_stats_sent:
-                continue  # an ended stream has said everything (its last stats follow its stream_ended)
-            runtime.final_stats_sent = runtime.finished.is_set()
-            counters = runtime.ring.counters()
-            fields = self._stats[stream_id].snapshot(
-                written=counters.written,
-                sampled=runtime.sampled,
-                dropped=counters.overwritten + runtime.dropped_in_flight,
-                queue_depth=len(runtime.ring) + self._batches.pending,
-            )
-            self._write([self._sessions[stream_id].stats(last_ts[stream_id], wall_ms(), fields)])
+    def _emit_stats(self) -> None:
+        records: list[StreamRecord] = []
+        # Under the lock: a finished stream's last stats take a seq, which add_stream must see when
+        # the stream's id is taken again.
+        with self._lock:
+            for runtime in self._streams.values():
+                if runtime.finished.is_set() and runtime.final_stats_sent:
+                    continue  # an ended stream has said everything (its last stats follow its stream_ended)
+                runtime.final_stats_sent = runtime.finished.is_set()
+                counters = runtime.ring.counters()
+                fields = runtime.stats.snapshot(
+                    written=counters.written,
+                    sampled=runtime.sampled,
+                    dropped=counters.overwritten + runtime.dropped_in_flight,
+                    queue_depth=len(runtime.ring) + self._batches.pending,
+                )
+                records.append(runtime.session.stats(runtime.last_ts, wall_ms(), fields))
+        self._write(records)
 
     def _write(self, records: list[StreamRecord]) -> None:
         for record in records:

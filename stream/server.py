@@ -249,8 +249,8 @@ class StreamServer:
 
     def _on_loop(self, call: Callable[[], Any]) -> Any:
         loop = self._loop
-        if loop is None or not loop.is_running():
-            return call()
+        if loop is None or not loop.is_running() or threading.current_thread() is self._thread:
+            return call()  # no loop, or called from it (a route): waiting on itself would deadlock
 
         async def run() -> Any:
             return call()
@@ -525,13 +525,15 @@ def server_config_from_args(args: argparse.Namespace, environment: dict[str, str
         allowed_hosts=tuple(args.allow_host),
         max_connections=args.max_connections, insecure=args.insecure,
         eventlog_path=Path(args.event_log) if args.event_log else None, retention_s=args.retention,
+        estimate_retention_s=min(args.keep_estimates, args.retention),
     )
 
 
 def server_from_args(args: argparse.Namespace, environment: dict[str, str], engine: Any,
-                     stream_ids: list[str]) -> StreamServer:
-    """The server ``affectstream run`` starts; ``engine`` gives labels and model info for `hello`."""
+                     stream_ids: Callable[[], list[str]]) -> StreamServer:
+    """The server ``affectstream run`` starts; ``engine`` gives labels and model info for `hello`,
+    ``stream_ids`` the streams at the time (browser cameras come and go)."""
     from affectstream.stream.messages import hello
 
     config = server_config_from_args(args, environment)
-    return StreamServer(config, lambda: hello(engine.labels, engine.model_info, list(stream_ids)))
+    return StreamServer(config, lambda: hello(engine.labels, engine.model_info, list(stream_ids())))

@@ -35,6 +35,8 @@ class SourceKind(str, enum.Enum):
     FILE = "file"
     WEBCAM = "webcam"
     URL = "url"
+    # A browser's camera, pushed over WebRTC (stream/push_source.py); never a uri's kind (classify_uri).
+    BROWSER = "browser"
 
 
 DEFAULT_FRAME_SIDE = 1920  # the long side decoded frames are reduced to (docs/architecture.md "Frame size")
