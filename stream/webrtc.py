@@ -34,7 +34,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 RTP_WRAP = 1 << 32
 DEFAULT_MAX_PEERS = 32
+CONNECT_TIMEOUT_S = 30.0  # an answered peer not connected by then (the page went away) is closed
 STAMP_BITS = 48  # the latency benchmark's time stamp: 48 squares of 8x8 px, top-left, most significant first
 STAMP_BLOCK = 8
 
@@ -100,6 +101,7 @@ class _Peer:
     connection: RTCPeerConnection
     created: float
     tasks: list[asyncio.Task[Any]]
+    cleanups: list[Callable[[], None]] = field(default_factory=list)  # run once, at close
 
 
 @functools.cache
@@ -159,6 +161,7 @@ class WebRtcPeers:
         self._max_frame_side = max_frame_side
         self._peers: dict[str, _Peer] = {}
         self._ids = itertools.count(1)
+        self.connect_timeout_s = CONNECT_TIMEOUT_S
 
     @property
     def count(self) -> int:
@@ -177,6 +180,7 @@ class WebRtcPeers:
             raise SignalingError(404, f"no video for stream {stream!r} (yet): is it running?")
         peer = await self._open("viewer", stream, offer)
         viewer = video.watch_packets()
+        peer.cleanups.append(viewer.close)  # also when it never connected (no RTP loop to stop the track)
         clock: list[RTCDataChannel] = []
         pending: list[str] = []
 
@@ -216,7 +220,6 @@ class WebRtcPeers:
             _prefer_vp8(transceiver)
             answer = await self._answer(peer)
         except BaseException:
-            viewer.close()
             await self.close_peer(peer.id)
             raise
         video.request_keyframe()  # the new viewer starts decoding at once, not at the next periodic one
@@ -301,7 +304,17 @@ class WebRtcPeers:
             await self.close_peer(peer.id)
             raise SignalingError(400, f"the offer's SDP cannot be used: {str(error)[:200]}") from None
         log.debug("%s %s for %s opened (%d peers)", kind, peer.id, stream, len(self._peers))
+        peer.tasks.append(asyncio.create_task(self._close_unless_connected(peer)))
         return peer
+
+    async def _close_unless_connected(self, peer: _Peer) -> None:
+        # A page that posted its offer and went away never connects; ICE would give up on its own only
+        # after its checks time out. Once connected, ICE consent (every 5 s) notices a peer that vanished.
+        await asyncio.sleep(self.connect_timeout_s)
+        if peer.connection.connectionState != "connected":
+            log.info("%s %s for %s did not connect within %g s: closed", peer.kind, peer.id, peer.stream,
+                     self.connect_timeout_s)
+            await self.close_peer(peer.id)
 
     async def _answer(self, peer: _Peer) -> dict[str, str]:
         try:
@@ -321,6 +334,8 @@ class WebRtcPeers:
         for task in peer.tasks:
             if task is not asyncio.current_task():
                 task.cancel()
+        for cleanup in peer.cleanups:
+            cleanup()
         with contextlib.suppress(Exception):
             await peer.connection.close()
         log.debug("%s %s for %s closed (%d peers)", peer.kind, peer.id, peer.stream, len(self._peers))

@@ -199,17 +199,27 @@ def test_viewers_share_one_encode_and_the_cap_and_errors_are_answered(
     server, service, feeder = served
     watchers = [_Watcher(server) for _ in range(3)]
 
-    async def scenario() -> tuple[int, dict[str, Any]]:
+    async def garbage_while_watching() -> list[int]:
+        await asyncio.sleep(0.5)  # while the three negotiate and receive
+        bodies: list[Any] = [{"sdp": "v=0\r\nnot sdp at all", "type": "offer"}, b"{not json", {"type": "answer"},
+                             {"sdp": "m=video 9 UDP/TLS/RTP/SAVPF 96\r\n" * 2000, "type": "offer"}]
+        return [(await asyncio.to_thread(_post, server, "/webrtc/cam", body))[0] for body in bodies]
+
+    async def scenario() -> tuple[tuple[int, dict[str, Any]], list[int]]:
         try:
-            await asyncio.gather(*(w.watch(frames=30, timeout=scaled(30)) for w in watchers))
-            return await asyncio.to_thread(_post, server, "/webrtc/cam", {"sdp": "v=0\r\n", "type": "offer"})
+            *_, garbage = await asyncio.gather(*(w.watch(frames=30, timeout=scaled(30)) for w in watchers),
+                                               garbage_while_watching())
+            over = await asyncio.to_thread(_post, server, "/webrtc/cam", {"sdp": "v=0\r\n", "type": "offer"})
+            return over, garbage
         finally:
             for watcher in watchers:
                 await watcher.close()
 
-    over_cap = asyncio.run(scenario())
-    assert [w.status for w in watchers] == [200, 200, 200]
+    over_cap, garbage = asyncio.run(scenario())
+    assert [w.status for w in watchers] == [200, 200, 200], "bad offers meanwhile harmed nobody"
+    assert all(len(w.rtp_timestamps) >= 30 for w in watchers)
     assert over_cap[0] == 503 and "cap of 3" in over_cap[1]["error"]
+    assert all(status in (400, 413, 503) for status in garbage), garbage
     counters = service.hub.counters().streams["cam"]
     received = sum(len(w.rtp_timestamps) for w in watchers)
     assert counters.vp8_encoded < received / 2, "three viewers: one encode each frame, not three"
@@ -328,3 +338,26 @@ def test_a_browser_camera_becomes_a_stream_and_closing_it_ends_the_stream(tmp_pa
     assert (rival_status, bad_status) == (409, 400)
     assert "closed the capture page" in json.dumps(ended[-1]), ended[-1]
     assert status == 0, run.stderr
+
+
+def test_a_peer_that_never_connects_is_closed_and_its_viewer_released(
+        served: tuple[StreamServer, VideoService, _Feeder]) -> None:
+    from aiortc import RTCPeerConnection
+
+    server, service, feeder = served
+    service.peers.connect_timeout_s = 1.0
+
+    async def post_and_vanish() -> int:
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        status, _ = await asyncio.to_thread(_post, server, "/webrtc/cam",
+                                            {"sdp": pc.localDescription.sdp, "type": "offer"})
+        await pc.close()  # never takes the answer: the page was closed right after posting
+        return status
+
+    assert asyncio.run(post_and_vanish()) == 200
+    deadline = time.monotonic() + scaled(10)
+    while (service.peers.count or service.hub.counters().vp8_viewers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert service.peers.count == 0 and service.hub.counters().vp8_viewers == 0
