@@ -25,6 +25,10 @@ class TimestampCorrector:
         self._faulty_pts = 0
         self._faulty_dts = 0
 
+    @property
+    def prefers_dts(self) -> bool:
+        return self._prefer_dts
+
     def correct(self, pts: int | None, dts: int | None) -> int | None:
         if dts is not None:
             if self._last_dts is not None and dts <= self._last_dts:
@@ -66,6 +70,11 @@ class FrameClock:
         self.count = 0
         self.missing = 0
         self.repaired = 0
+
+    @property
+    def step(self) -> float:
+        """Seconds between two invented timestamps (one frame at the rate it was given)."""
+        return self._step
 
     def next(self, pts_s: float | None) -> float:
         if pts_s is None:

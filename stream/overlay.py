@@ -22,6 +22,12 @@ _BAR_COLOURS = [(60, 60, 230), (60, 200, 250), (80, 160, 60), (200, 120, 160), (
                 (170, 165, 155)]  # BGR; the 7th is neutral
 
 
+def bar_colour_hex(row: int) -> str:
+    """The colour of label ``row`` as the overlay draws its bar, as CSS hex (the HTML report's colours)."""
+    blue, green, red = _BAR_COLOURS[row % len(_BAR_COLOURS)]
+    return f"#{red:02x}{green:02x}{blue:02x}"
+
+
 def draw_overlay(image_rgb: np.ndarray, labels: tuple[str, ...], estimate: Estimate | None,
                  source_scale: float = 1.0, min_width: int = 480) -> np.ndarray:
     """Return a BGR copy of the frame with one bar per label and the sentiment written on it, and per

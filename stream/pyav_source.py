@@ -27,6 +27,9 @@ from affectstream.stream.frame_clock import FrameClock, TimestampCorrector, plau
 from affectstream.stream.frames import VideoFrame, fit_within
 from affectstream.stream.netloc import uri_host, uri_host_port
 from affectstream.stream.sources import (
+    DamageKind,
+    DamageLog,
+    DamageSpan,
     SourceConfig,
     SourceDamage,
     SourceInfo,
@@ -197,6 +200,7 @@ class PyAVSource:
         self._info: SourceInfo | None = None
         self._decode_errors = 0
         self._corrupt_frames = 0
+        self._damage_log = DamageLog()
         self._truncated = False
         self._expected_frames: int | None = None
         self._ended = False
@@ -215,7 +219,22 @@ class PyAVSource:
             expected_duration=self._info.duration_s if self._info else None,
             expected_frames=self._expected_frames,
             truncated=self._truncated,
+            spans=self._damage_log.spans() + self._truncated_span(),
         )
+
+    def _truncated_span(self) -> tuple[DamageSpan, ...]:
+        """A truncated file: from the last frame read to the end it states, nothing."""
+        if not self._truncated or self._info is None or self._info.duration_s is None:
+            return ()
+        start = self._clock.last or 0.0
+        missing = max(0, (self._expected_frames or 0) - self._clock.count - self._decode_errors)
+        return (DamageSpan(kind=DamageKind.TRUNCATED, start=start,
+                           end=max(start, self._start_s() + self._info.duration_s), count=missing),)
+
+    def _decode_error(self) -> None:
+        """A packet that failed to demux or decode, or came flagged corrupt: after the last frame read."""
+        self._decode_errors += 1
+        self._damage_log.note(DamageKind.DECODE_ERROR, self._clock.last)
 
     # -- open ------------------------------------------------------------------------------------
 
@@ -332,7 +351,7 @@ class PyAVSource:
         try:
             first = self._next_decoded()
         except Exception:  # a packet that cannot be read, counted as read() counts one; it reads on after it
-            self._decode_errors += 1
+            self._decode_error()
             log.debug("%s: no first frame to read the display matrix from", self.uri, exc_info=True)
             return width, height
         if first is None:
@@ -360,6 +379,33 @@ class PyAVSource:
             raise SourceReadError(f"{self.uri}: cannot read on ({type(exc).__name__}: {exc})",
                                   SourceOutcome.CORRUPT, self.uri) from exc
 
+    def seek(self, ts: float) -> None:
+        """Files: the next ``read()`` starts at the keyframe at or before media time ``ts``.
+
+        Frames after a seek are timed as the container says, from a fresh clock: where the analysis
+        repaired or invented times (``damage.missing_pts``, ``repaired_pts``), or where the container
+        cannot seek, the times differ from the first pass's, so a caller that needs a given frame checks
+        the times it gets (stream/thumbnails.py does, and reads from the start instead).
+        """
+        container, stream = self._container, self._stream
+        if container is None or stream is None:
+            raise PipelineError(f"seek() on {self.uri} before open(): open the source first")
+        if self.is_live:
+            raise PipelineError(f"seek() on {self.uri}: a live source cannot seek")
+        time_base = stream.time_base
+        if not time_base:
+            raise SourceReadError(f"{self.uri}: no time base to seek by", SourceOutcome.CORRUPT, self.uri)
+        try:
+            container.seek(max(0, int(ts / time_base)), stream=stream, backward=True, any_frame=False)
+        except Exception as exc:  # FFmpeg cannot seek this file: say so as a read error
+            raise SourceReadError(f"{self.uri}: cannot seek to {ts:.3f} s ({_reason(exc)})", SourceOutcome.CORRUPT,
+                                  self.uri) from exc
+        self._pending.clear()
+        self._packets = container.demux(stream)
+        self._exhausted = self._ended = False
+        self._corrector = TimestampCorrector(prefer_dts=self._corrector.prefers_dts)
+        self._clock = FrameClock(1.0 / self._clock.step)
+
     def _next_decoded(self) -> av.video.frame.VideoFrame | None:
         while not self._pending:
             # Once exhausted, stay so: a fresh demuxer at the end of a file would flush the decoder again.
@@ -368,11 +414,11 @@ class PyAVSource:
                 self._exhausted = True
                 return None
             if packet.is_corrupt:
-                self._decode_errors += 1  # the demuxer saw damage; the decoder may still conceal it
+                self._decode_error()  # the demuxer saw damage; the decoder may still conceal it
             try:
                 self._pending.extend(packet.decode())
             except av.error.FFmpegError as exc:
-                self._decode_errors += 1  # skip the bad packet; the decoder resyncs at the next keyframe
+                self._decode_error()  # skip the bad packet; the decoder resyncs at the next keyframe
                 log.debug("%s: undecodable packet skipped: %s", self.uri, exc)
         return self._pending.popleft()
 
@@ -389,7 +435,7 @@ class PyAVSource:
                     raise self._live_read_error(exc) from exc
                 if not isinstance(exc, (av.error.FFmpegError, OSError)):
                     raise
-                self._decode_errors += 1
+                self._decode_error()
                 consecutive_errors += 1
                 log.debug("%s: demuxing failed: %s", self.uri, exc)
                 if consecutive_errors >= _MAX_CONSECUTIVE_DEMUX_ERRORS:
@@ -451,16 +497,15 @@ class PyAVSource:
         turns = self._quarter_turns(decoded)
         image = np.ascontiguousarray(np.rot90(_reduced_rgb(decoded, self._config.max_frame_side), turns))
         shown = _upright_size(int(decoded.width), int(decoded.height), turns)
-        if decoded.is_corrupt:
-            self._corrupt_frames += 1
         captured_ns = time.monotonic_ns()
         wall = time.time_ns() // 1_000_000
         raw = self._corrector.correct(decoded.pts, decoded.dts)
         time_base = decoded.time_base or (self._stream.time_base if self._stream is not None else None)
         pts_s = float(raw * time_base) if raw is not None and time_base else None
         index = self._clock.count
-        repaired = self._clock.repaired
+        repaired, missing = self._clock.repaired, self._clock.missing
         pts = self._clock.next(pts_s)
+        self._note_frame_damage(decoded, pts, repaired, missing)
         if self._clock.repaired and not repaired:
             log.info("%s: frame %d has the timestamp %.3f s of the frame before it (a stuck clock in the "
                      "container): frames are spaced at the frame rate until its times advance again",
@@ -469,6 +514,16 @@ class PyAVSource:
                   image.shape[0], *shown)
         reduced = shown != (image.shape[1], image.shape[0])
         return VideoFrame(self.stream_id, index, pts, captured_ns, wall, image, shown if reduced else None)
+
+    def _note_frame_damage(self, decoded: av.video.frame.VideoFrame, pts: float, repaired: int, missing: int) -> None:
+        """Count and place what was wrong with this frame (``repaired``, ``missing``: the clock's counts before it)."""
+        if decoded.is_corrupt:
+            self._corrupt_frames += 1
+            self._damage_log.note(DamageKind.CORRUPT_FRAME, pts)
+        if self._clock.missing > missing:
+            self._damage_log.note(DamageKind.MISSING_PTS, pts)
+        elif self._clock.repaired > repaired:
+            self._damage_log.note(DamageKind.REPAIRED_PTS, pts)
 
     def _quarter_turns(self, decoded: av.video.frame.VideoFrame) -> int:
         """Counter-clockwise quarter turns that make ``decoded`` upright (its display matrix)."""

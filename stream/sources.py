@@ -18,6 +18,7 @@ typed outcome, never crash the grabber thread.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -113,6 +114,54 @@ class SourceInfo:
         return f"{self.kind.value} {self.width}x{self.height} {self.codec}, {fps}"
 
 
+class DamageKind(str, enum.Enum):
+    """What a stretch of a file had wrong with it (``DamageSpan.kind``)."""
+
+    DECODE_ERROR = "decode_error"  # packets that failed to demux or decode, skipped
+    CORRUPT_FRAME = "corrupt_frame"  # frames decoded, but flagged corrupt (the decoder concealed damage)
+    MISSING_PTS = "missing_pts"  # frames without any timestamp: given the previous one plus a frame
+    REPAIRED_PTS = "repaired_pts"  # timestamps that did not advance (a stuck clock): respaced
+    TRUNCATED = "truncated"  # the file stops before the end it states: from here on nothing was read
+
+
+# The stretches kept per kind; further ones extend the last (memory stays flat on a damaged hour).
+MAX_SPANS_PER_KIND = 32
+# Damage this close (media s) to a stretch of the same kind extends it instead of starting another.
+SPAN_MERGE_S = 1.0
+
+
+@dataclass(frozen=True)
+class DamageSpan:
+    """One stretch of media time (s, the estimates' clock) where the reader met ``kind``, ``count`` times."""
+
+    kind: DamageKind
+    start: float
+    end: float
+    count: int
+
+
+class DamageLog:
+    """Where damage was: per kind, stretches of media time, nearby ones merged, at most
+    ``MAX_SPANS_PER_KIND`` (the last one grows beyond that)."""
+
+    def __init__(self) -> None:
+        self._spans: dict[DamageKind, list[DamageSpan]] = {}
+
+    def note(self, kind: DamageKind, ts: float | None, count: int = 1) -> None:
+        at = float(ts) if ts is not None else 0.0
+        spans = self._spans.setdefault(kind, [])
+        if spans and (at - spans[-1].end <= SPAN_MERGE_S or len(spans) >= MAX_SPANS_PER_KIND):
+            last = spans[-1]
+            spans[-1] = DamageSpan(kind=kind, start=min(last.start, at), end=max(last.end, at), count=last.count + count)
+        else:
+            spans.append(DamageSpan(kind=kind, start=at, end=at, count=count))
+
+    def spans(self) -> tuple[DamageSpan, ...]:
+        """Every stretch, in media-time order."""
+        return tuple(sorted((span for spans in self._spans.values() for span in spans),
+                            key=lambda span: (span.start, span.kind.value)))
+
+
 @dataclass(frozen=True)
 class SourceDamage:
     """What went wrong while reading, for the report of ``affectstream analyze``."""
@@ -126,6 +175,7 @@ class SourceDamage:
     expected_duration: float | None = None  # what the container claims, s
     expected_frames: int | None = None  # what the container claims
     truncated: bool = False  # reading stopped well before the container's stated end
+    spans: tuple[DamageSpan, ...] = ()  # where each kind of damage was, in media time
 
     @property
     def outcome(self) -> SourceOutcome | None:
@@ -153,7 +203,23 @@ class SourceDamage:
         return ", ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The wire form (the terminal event's ``damage``): plain values, spans as objects."""
+        fields = asdict(self)
+        fields["spans"] = [{"kind": span.kind.value, "start": round(span.start, 6), "end": round(span.end, 6),
+                            "count": span.count} for span in self.spans]
+        return fields
+
+    @classmethod
+    def from_mapping(cls, fields: Mapping[str, Any]) -> SourceDamage:
+        """Back from ``as_dict`` (what the terminal event carried); unknown keys are left out."""
+        known = {name: fields[name] for name in cls.__dataclass_fields__ if name in fields and name != "spans"}
+        spans = tuple(DamageSpan(kind=DamageKind(span["kind"]), start=float(span["start"]), end=float(span["end"]),
+                                 count=int(span["count"]))
+                      for span in fields.get("spans") or () if span.get("kind") in _DAMAGE_KINDS)
+        return cls(**known, spans=spans)
+
+
+_DAMAGE_KINDS = {kind.value for kind in DamageKind}
 
 
 class Source(Protocol):

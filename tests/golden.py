@@ -3,7 +3,7 @@ command whose messages tests/data/golden_run.jsonl stores (made with the code be
 refactor; tests/test_golden.py checks that the code now gives the same messages). Regenerated once
 since, for issue 11, with the same messages checked equal as a multiset: `stream_ended` became the
 stream's last durable message (the final summaries moved before it, so seqs shifted) and `damage`
-gained `repaired_pts`."""
+gained `repaired_pts`; for issue 14 `damage` gained `spans` (where the damage was: none here)."""
 
 from __future__ import annotations
 

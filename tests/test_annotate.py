@@ -213,11 +213,13 @@ def parsed(*argv: str) -> Any:
 
 
 def test_bad_annotate_and_record_paths_are_refused_in_the_preflight(tmp_path: Path) -> None:
+    from affectstream.analyze import InputFile, Outputs
     from affectstream.checks import preflight_analyze, preflight_run
 
     video = tmp_path / "in.mp4"
     video.write_bytes(b"")
     summary = tmp_path / "s.json"
+    inputs, plans = [InputFile(str(video))], [Outputs(summary, summary.with_suffix(".html"))]
     cases = [
         ("--annotate", str(tmp_path / "no" / "dir" / "o.mp4"), "does not exist"),
         ("--annotate", str(tmp_path / "o.txt"), "ending in .mp4"),
@@ -228,10 +230,10 @@ def test_bad_annotate_and_record_paths_are_refused_in_the_preflight(tmp_path: Pa
     for option, value, message in cases:
         args = parsed("analyze", str(video), option, value)
         if message is None:
-            preflight_analyze(args, summary)
+            preflight_analyze(args, inputs, plans, several=False)
             continue
         with pytest.raises(ConfigError, match=re.escape(message)):
-            preflight_analyze(args, summary)
+            preflight_analyze(args, inputs, plans, several=False)
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     for argv, message in (

@@ -9,7 +9,7 @@ import pytest
 
 from affectstream.errors import ConfigError
 from affectstream.stream.frames import SourceEvent, SourceState
-from affectstream.stream.messages import EventKind
+from affectstream.stream.messages import EstimateState, EventKind
 from affectstream.stream.report import FileReport, sample_weights, top_moments
 from affectstream.stream.session import AnalyticsConfig, StreamSession
 
@@ -125,3 +125,51 @@ def test_bad_arguments_are_refused() -> None:
         FileReport(LABELS, timeline_points=0)
     with pytest.raises(ConfigError):
         FileReport(LABELS).add_estimate(0.0, [0.5], 0.0)
+
+
+def test_the_arc_gives_each_window_the_label_dominant_for_most_of_it() -> None:
+    from affectstream.stream.report import arc
+
+    ts = np.arange(0.0, 12.0, 0.5)
+    # 0-4 s: happiness with one-sample flickers of fear; 4-12 s: sadness.
+    labels = ["fear" if t < 4 and i % 3 == 2 else "happiness" if t < 4 else "sadness" for i, t in enumerate(ts)]
+    segments = arc(ts, sample_weights(ts), labels, window_s=2.0)
+    assert [(s.label, s.start, s.end) for s in segments] == [("happiness", 0.0, 4.0), ("sadness", 4.0, 12.0)]
+    assert arc(np.zeros(0), np.zeros(0), [], 2.0) == ()
+
+
+def test_the_summary_has_the_arc_the_events_and_the_face_of_each_top_moment() -> None:
+    from affectstream.stream.messages import Estimate, Event, FaceEstimate
+
+    labels = (*LABELS, "neutral")
+    report = FileReport(labels, top_k=1)
+    for i in range(20):
+        scores = {label: 0.1 for label in labels} | {"fear": 0.9 if i == 7 else 0.2}
+        faces = tuple(FaceEstimate(id=face, box=(10.0 * face, 5.0, 40.0, 50.0), score=0.9, frame_scores=scores,
+                                   scores=scores, dominant="fear", state=EstimateState.OK, sentiment=-0.3)
+                      for face in (1, 2))
+        report.add_record(Estimate(stream="file", seq=i, ts=i * 0.5, wall=0, scores=scores, sentiment=-0.3,
+                                   dominant="fear", state=EstimateState.OK, faces=faces, primary=2))
+    report.add_record(Event(stream="file", seq=20, ts=3.5, wall=0, kind=EventKind.PEAK, label="fear", value=0.9, face=2))
+    summary = report.to_dict()
+    assert summary["top_moments"]["fear"] == [{"ts": 3.5, "score": 0.9, "face": 2, "box": [20.0, 5.0, 40.0, 50.0]}]
+    assert summary["segments"] == [{"start": 0.0, "end": 10.0, "label": "fear"}]
+    assert summary["event_list"] == [{"ts": 3.5, "kind": "peak", "label": "fear", "face": 2, "value": 0.9}]
+    assert [face["segments"] for face in summary["faces"]] == [[{"start": 0.0, "end": 10.0, "label": "fear"}]] * 2
+    json.dumps(summary, allow_nan=False)
+
+
+def test_memory_per_estimate_is_a_few_numbers() -> None:
+    """An hour at 2 Hz is 7200 estimates, at every frame 100,000: each may cost only its numbers."""
+    import tracemalloc
+
+    report = FileReport((*LABELS, "neutral"))
+    scores = np.full(7, 0.1)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(20_000):
+        report.add_estimate(i * 0.04, scores, 0.0, "fear", EstimateState.OK, primary=1, box=(1.0, 2.0, 3.0, 4.0))
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown / 20_000 < 160, f"{grown / 20_000:.0f} bytes per estimate"
+    assert report.summary().frames == 20_000
