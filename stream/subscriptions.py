@@ -50,6 +50,7 @@ class Outgoing:
     type: str
     stream: str | None = None
     seq: int | None = None
+    replayed: bool = False  # from the event log: a replay's estimates are a timeline, none replaces another
 
     @classmethod
     def of(cls, message: Record) -> Outgoing:
@@ -57,7 +58,7 @@ class Outgoing:
 
     @classmethod
     def stored(cls, row: StoredMessage) -> Outgoing:
-        return cls(row.text, row.type, row.stream, row.seq)
+        return cls(row.text, row.type, row.stream, row.seq, replayed=True)
 
     @property
     def durable(self) -> bool:
@@ -65,7 +66,7 @@ class Outgoing:
 
     @property
     def coalesced(self) -> bool:
-        return self.type in COALESCED_TYPES and self.stream is not None
+        return self.type in COALESCED_TYPES and self.stream is not None and not self.replayed
 
 
 class StreamState(enum.Enum):

@@ -70,7 +70,7 @@ def test_a_port_in_use_is_reported(server: StreamServer) -> None:
 def test_serves_the_dashboard_and_health_over_http(server: StreamServer) -> None:
     base = f"http://127.0.0.1:{server.port}"
     with urllib.request.urlopen(base + "/") as page:
-        assert b"<script src=\"app.js\">" in page.read()
+        assert b'src="app.js"' in page.read()
         assert "script-src 'self'" in page.headers["Content-Security-Policy"]
     with urllib.request.urlopen(base + "/app.js") as script:
         assert script.headers["Content-Type"].startswith("text/javascript")
@@ -261,3 +261,19 @@ def fuzz_server() -> Any:
     yield server, publisher
     publisher.stop()
     server.stop()
+
+
+def test_a_resume_from_another_numbering_replays_this_log_instead_of_holding_events_back() -> None:
+    server = start_server()  # in memory: a restart without an event log numbers from 0 again
+    publisher = Publisher(server, hz=20, event_every=2).start()
+    try:
+        async def resume_far_ahead() -> list[dict[str, Any]]:
+            async with connect(url(server, resume={"cam": 72_000})) as client:
+                return await receive_until(client, lambda m: m["type"] == "event" and m.get("stream") == "cam",
+                                           scaled(5))
+        got = asyncio.run(resume_far_ahead())
+    finally:
+        publisher.stop()
+        server.stop()
+    first = next(m for m in got if m["type"] == "event")
+    assert first["seq"] < 72_000, "this server's events came, not held back until its seqs pass 72,000"
