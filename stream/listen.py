@@ -3,7 +3,8 @@
 It subscribes to the streams and types asked for, prints each message (``--jsonl``: exactly as
 received, one JSON object per line), and when the connection drops it reconnects with backoff and
 resumes after the last seq it printed, so that a pipe sees every event and summary once. A `lagged`
-notice is answered with a `resume` the same way.
+notice is answered with a `resume` the same way. The rule (resume in the URL, duplicates, backoff) is
+stream/reconnect.py's, shared with the Python client (affectstream.client).
 """
 
 from __future__ import annotations
@@ -11,16 +12,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import IO, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from affectstream.errors import ConfigError, ExitStatus, MissingExtraError
 from affectstream.stream.messages import Wire
 from affectstream.stream.readable import format_message
+from affectstream.stream.reconnect import (
+    SUBSCRIBE_ALSO,
+    Backoff,
+    ResumeCursor,
+    Verdict,
+    websocket_url,
+    with_resume,
+)
+
+__all__ = ["ListenOptions", "Listener", "add_listen_parser", "format_message", "options_from_args", "run_listen",
+           "websocket_url", "with_resume"]
 
 log = logging.getLogger(__name__)
 
@@ -70,30 +80,6 @@ def options_from_args(args: argparse.Namespace, environment: dict[str, str]) -> 
     )
 
 
-def websocket_url(url: str, token: str | None) -> str:
-    """ws:// URL for what the user typed: http(s):// maps to ws(s)://, a bare host:port gets ws:// and /ws."""
-    if "://" not in url:
-        url = "ws://" + url
-    parts = urlsplit(url)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    path = parts.path if parts.path not in ("", "/") else "/ws"
-    query = parts.query
-    if token and "token=" not in query:
-        query = (query + "&" if query else "") + f"token={token}"
-    return urlunsplit((scheme, parts.netloc, path, query, ""))
-
-
-def with_resume(url: str, last_seq: dict[str, int]) -> str:
-    """``url`` asking the server to resume after ``last_seq`` before it sends anything live (a
-    `resume` message sent after connecting could cross live messages already on the wire)."""
-    if not last_seq:
-        return url
-    parts = urlsplit(url)
-    kept = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True) if key != "resume"]
-    query = urlencode([*kept, ("resume", json.dumps(last_seq, separators=(",", ":")))])
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
-
-
 def run_listen(args: argparse.Namespace, environment: dict[str, str]) -> int:
     try:
         return Listener(options_from_args(args, environment), sys.stdout).run()
@@ -107,8 +93,12 @@ class Listener:
     def __init__(self, options: ListenOptions, out: IO[str]) -> None:
         self.options = options
         self.out = out
-        self.last_seq: dict[str, int] = dict(options.resume)
+        self.cursor = ResumeCursor(options.resume)
         self.printed = 0
+
+    @property
+    def last_seq(self) -> dict[str, int]:
+        return self.cursor.last_seq
 
     def run(self) -> int:
         try:
@@ -116,11 +106,12 @@ class Listener:
             from websockets.sync.client import connect
         except ImportError as error:
             raise MissingExtraError("websockets", "server", "affectstream listen") from error
-        attempts = 0
+        backoff = Backoff(max_s=10.0)
         while True:
             try:
-                with connect(with_resume(self.options.url, self.last_seq), open_timeout=10) as connection:
-                    attempts = 0
+                url = self.cursor.url(self.options.url, self.options.streams)
+                with connect(url, open_timeout=10) as connection:
+                    backoff.reset()
                     if self._session(connection):
                         return ExitStatus.OK
             except InvalidStatus as error:
@@ -136,8 +127,7 @@ class Listener:
                 log.warning("connection to %s lost or refused: %s", self.options.url, error)
             if not self.options.reconnect:
                 return ExitStatus.NOTHING
-            attempts += 1
-            delay = min(10.0, 0.25 * 2 ** attempts) * random.uniform(0.5, 1.0)
+            delay = backoff.next_delay()
             log.info("reconnecting in %.1f s (resuming after %s)", delay, self.last_seq)
             time.sleep(delay)
 
@@ -146,8 +136,8 @@ class Listener:
         selection: dict[str, Any] = {}
         if self.options.streams:
             selection["streams"] = self.options.streams
-        if self.options.types:
-            selection["types"] = [t for t in self.options.types if t != "hello"]
+        if self.options.types:  # and stats, which reveal a renumbered stream (printed only when asked for)
+            selection["types"] = sorted({t for t in self.options.types if t != "hello"} | set(SUBSCRIBE_ALSO))
         if selection:
             connection.send(json.dumps({"type": "subscribe", **selection}))
         for text in connection:
@@ -160,21 +150,22 @@ class Listener:
         kind = message.get("type")
         if kind == "lagged":
             after = {stream: info["resume_after"] for stream, info in message.get("streams", {}).items()}
-            log.warning("fell behind the server; resuming after %s", after)
-            connection.send(json.dumps({"type": "resume", "streams": after}))
+            connection.send(self.cursor.answer_lagged(after))
             return False
         if kind == "error":
             log.error("server: %s (%s)", message.get("message"), message.get("code"))
             return False
-        if kind not in DATA_TYPES or (self.options.types and kind not in self.options.types):
-            return False  # subscribed acks, and types from a newer protocol
         stream, seq = message.get("stream"), message.get("seq")
         if self.options.streams and stream not in self.options.streams:
             return False  # sent before our subscribe reached the server
         if isinstance(stream, str) and isinstance(seq, int):
-            if seq <= self.last_seq.get(stream, -2) and kind in ("event", "summary"):
+            verdict = self.cursor.receive(stream, seq)
+            if verdict is Verdict.RENUMBERED:
+                connection.close()  # reconnect: the stream is resumed from the new numbering's start
+            if verdict is not Verdict.TAKE:
                 return False  # already printed before a reconnect
-            self.last_seq[stream] = max(seq, self.last_seq.get(stream, -1))
+        if kind not in DATA_TYPES or (self.options.types and kind not in self.options.types):
+            return False  # subscribed acks, types not asked for (sent before our subscribe), newer types
         line = text if self.options.jsonl and isinstance(text, str) else format_message(message)
         self.out.write(line + "\n")
         self.out.flush()
