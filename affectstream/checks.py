@@ -12,6 +12,7 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from affectstream.engine.interfaces import HeadKind
 from affectstream.errors import ConfigError
@@ -184,9 +185,18 @@ def no_conflicts(args: argparse.Namespace) -> None:
 
 def preflight_run(args: argparse.Namespace, sources: list[tuple[str, str]]) -> None:
     no_conflicts(args)
-    if not sources and not args.allow_browser_sources:
-        raise ConfigError("give at least one SOURCE (a file, camera or URL), or --allow-browser-sources to "
-                          "take cameras from browsers at /capture")
+    if not sources and not (args.allow_browser_sources or args.config or args.keep_running):
+        raise ConfigError("give at least one SOURCE (a file, camera or URL), --config FILE, --keep-running "
+                          "(streams added through /api/streams) or --allow-browser-sources (cameras from "
+                          "browsers at /capture)")
+    if args.sink:
+        from affectstream.stream.brokers import parse_sink
+
+        for url in args.sink:
+            parse_sink(url)
+        if args.no_serve:
+            raise ConfigError("--sink delivers from the server's event log: drop --no-serve (the server "
+                              "listens on 127.0.0.1 unless --host says otherwise)")
     if args.allow_browser_sources and (args.no_serve or args.no_video):
         raise ConfigError("--allow-browser-sources takes cameras through the server's /capture page: drop "
                           "--no-serve and --no-video")
@@ -209,11 +219,71 @@ def preflight_run(args: argparse.Namespace, sources: list[tuple[str, str]]) -> N
         port_free(args.host, args.port)
 
 
-def preflight_analyze(args: argparse.Namespace, summary: Path) -> None:
+def preflight_analyze(args: argparse.Namespace, inputs: list[Any], plans: list[Any], several: bool) -> None:
+    """``analyze``: options that name one file need one input; every output can be written and none is
+    an input or another output; ``--parquet`` has pyarrow; ``--out-dir`` exists or can be made.
+    ``inputs``/``plans``: affectstream/analyze.py's InputFile and Outputs, in the same order."""
     no_conflicts(args)
-    writable_file(str(summary), "--summary")
-    if args.out:
-        writable_file(args.out, "--out")
-    if getattr(args, "annotate", None):
-        others = [("--summary", summary)] + ([("--out", Path(args.out))] if args.out else [])
-        annotate_file(args.annotate, args.file.strip(), others)
+    if several:
+        one_file = [name for name, value in (("--summary", args.summary), ("--out", args.out),
+                                             ("--annotate", getattr(args, "annotate", None))) if value]
+        if one_file:
+            raise ConfigError(f"{' and '.join(one_file)} name{'s' if len(one_file) == 1 else ''} one file: give one "
+                              "input, or drop it (--out-dir DIR says where each input's summary and report go)")
+    if args.summary and args.out_dir:
+        raise ConfigError("--summary names the summary file and --out-dir its directory: give one of them")
+    if args.out_dir:
+        out_directory(args.out_dir)
+    outputs: list[tuple[str, Path]] = []
+    made_later = Path(args.out_dir).resolve() if args.out_dir and not Path(args.out_dir).is_dir() else None
+    for plan in plans:
+        for what, path in (("--summary" if args.summary else "summary", plan.summary), ("report", plan.html)):
+            if path is None:
+                continue
+            # In an --out-dir that is made when the first file is written, only the names are checked.
+            outputs.append((what, path if made_later == path.parent.resolve() else writable_file(str(path), what)))
+    for option, value in (("--out", args.out), ("--csv", args.csv), ("--parquet", args.parquet)):
+        if value:
+            path = Path(value)
+            outputs.append((option, path if made_later == path.parent.resolve() else writable_file(value, option)))
+    if args.parquet:
+        from affectstream.stream.frame_table import require_pyarrow
+
+        require_pyarrow()
+    if getattr(args, "annotate", None) and inputs:
+        annotate_file(args.annotate, inputs[0].uri, outputs)
+    _distinct_outputs(outputs, [item.uri for item in inputs])
+
+
+def out_directory(path: str) -> Path:
+    """``--out-dir DIR``: a writable directory, or one that can be made in a writable one (made when written)."""
+    target = Path(path)
+    try:
+        if target.exists() and not target.is_dir():
+            raise ConfigError(f"--out-dir {path} is a file: give a directory (it is made if it does not exist)")
+        if target.is_dir():
+            if not os.access(target, os.W_OK | os.X_OK):
+                raise ConfigError(f"--out-dir {path}: not writable here; pick another directory")
+            return target
+        parent = target.parent if str(target.parent) else Path(".")
+        if not parent.is_dir():
+            raise ConfigError(f"--out-dir {path}: the directory {parent} does not exist; create it or pick "
+                              "another path")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"--out-dir {path}: cannot be made in {parent} (not writable); pick another path")
+    except OSError as error:  # a name too long for the file system
+        raise ConfigError(f"--out-dir {path}: {error.strerror or error}; pick another path") from None
+    return target
+
+
+def _distinct_outputs(outputs: list[tuple[str, Path]], inputs: list[str]) -> None:
+    """No output is an input, and no two outputs are one file."""
+    sources = {Path(uri).resolve(): uri for uri in inputs}
+    seen: dict[Path, str] = {}
+    for option, path in outputs:
+        resolved = path.resolve()
+        if resolved in sources:
+            raise ConfigError(f"{option} {path} is an input: pick another path")
+        if resolved in seen and seen[resolved] != option:
+            raise ConfigError(f"{option} {path} is also the {seen[resolved]} file: pick another path")
+        seen.setdefault(resolved, option)

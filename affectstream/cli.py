@@ -119,6 +119,14 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
                        "timeline and last scores of a stream (0: events and summaries only)")
 
 
+def _add_sink_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sinks: brokers, webhooks, files (at least once, from the event log)")
+    group.add_argument("--sink", action="append", default=[], metavar="URL",
+                       help="also deliver messages to mqtt://HOST/PREFIX, redis://HOST/DB?stream=KEY, "
+                       "https://HOST/PATH (a webhook) or jsonl:PATH; ?types=event,summary and ?estimate_hz=F "
+                       "choose what goes (repeatable; docs/cli.md \"Sinks\")")
+
+
 def _add_video_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("video in the dashboard (WebRTC, MJPEG) and browser cameras")
     group.add_argument("--no-video", action="store_true",
@@ -173,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jsonl", action="store_true",
                      help="JSON Lines on stdout even on a terminal (through a pipe they always are)")
     run.add_argument("--duration", type=POSITIVE, default=None, metavar="S", help="stop after S seconds")
+    run.add_argument("--config", default=None, metavar="FILE.toml",
+                     help="streams (name, uri, rate, sinks) and sinks from a TOML file; SIGHUP re-reads it and "
+                     "changes only the streams whose entry changed (docs/cli.md \"Streams while running\")")
+    run.add_argument("--keep-running", action="store_true",
+                     help="run until stopped even when no stream is running: streams come and go through "
+                     "/api/streams (with no SOURCE too)")
     run.add_argument("--linger", type=NON_NEGATIVE, default=0.0, metavar="S",
                      help="once every stream has ended, keep the dashboard and websocket up S more seconds "
                      "(Ctrl-C ends it sooner) so that people can still look at what happened")
@@ -180,17 +194,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_options(run)
     _add_server_options(run)
     _add_video_options(run)
+    _add_sink_options(run)
 
-    analyze = commands.add_parser("analyze", help="summarise a whole video file as fast as the machine allows")
-    analyze.add_argument("file")
+    analyze = commands.add_parser("analyze", help="summarise whole video files as fast as the machine allows: "
+                                  "a summary JSON and an HTML report per file")
+    analyze.add_argument("files", nargs="+", metavar="FILE",
+                         help="video files, URLs of media that ends, or directories (their video files)")
+    analyze.add_argument("--out-dir", default=None, metavar="DIR",
+                         help="where each file's NAME.affect.json and NAME.affect.html go (made if its parent "
+                         "exists; default: beside the input when that directory is writable, else here)")
     analyze.add_argument("--summary", default=None, metavar="FILE.json",
-                         help="where the summary goes (default: FILE.affect.json beside the current dir)")
+                         help="one input only: its summary here (the report beside it as FILE.html)")
+    analyze.add_argument("--no-html", action="store_true", help="write the summary JSON without the HTML report")
+    analyze.add_argument("--csv", default=None, metavar="FILE.csv",
+                         help="also write one row per sampled frame and face (all inputs in one table)")
+    analyze.add_argument("--parquet", default=None, metavar="FILE.parquet",
+                         help="the same table as Parquet (pip install affectstream[parquet])")
     analyze.add_argument("--top", type=number(0, integer=True), default=5, help="top moments kept per emotion")
+    analyze.add_argument("--thumbnails", type=number(0, integer=True), default=3, metavar="N",
+                         help="top moments per emotion pictured in the report (frame and face; at most --top)")
     analyze.add_argument("--force", action="store_true",
-                         help="replace an earlier NAME.affect.json (default: write NAME.affect-N.json beside it)")
-    analyze.add_argument("--no-progress", action="store_true", help="no progress bar (it shows on a terminal only)")
+                         help="replace an earlier NAME.affect.json/.html (default: write NAME.affect-N.* beside it)")
+    progress = analyze.add_mutually_exclusive_group()
+    progress.add_argument("--no-progress", action="store_true", help="no progress bar (it shows on a terminal only)")
+    progress.add_argument("--progress", action="store_true",
+                          help="show the progress bars on stderr even when it is not a terminal")
     analyze.add_argument("--json", action="store_true",
-                         help="print the summary on stdout even on a terminal (it always is through a pipe)")
+                         help="print the summary on stdout even on a terminal (it always is through a pipe; "
+                         "several inputs: one summary per line)")
     analyze.add_argument("--annotate", default=None, metavar="OUT.mp4",
                          help="also write the video with boxes, face ids and labels drawn on every frame "
                          "(.mp4, .m4v, .mov or .mkv; H.264 where FFmpeg has libx264, else MPEG-4)")
@@ -216,6 +247,10 @@ def _add_optional_commands(commands: argparse._SubParsersAction[argparse.Argumen
     from affectstream.training.extract_cli import add_extract_parser, add_synth_parser
 
     add_listen_parser(commands)
+
+    from affectstream.stream.streams_cli import add_streams_parser
+
+    add_streams_parser(commands)
 
     from affectstream.bench import add_bench_parser
     from affectstream.build_engine import add_build_engine_parser
@@ -261,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "analyze": _analyze,
         "bundle": _bundle,
         "listen": _listen,
+        "streams": _streams,
         "build-engine": _build_engine,
         "bench": _bench,
         "synth": _synth,
@@ -352,6 +388,12 @@ def _bundle(args: argparse.Namespace, environment: dict[str, str]) -> int:
     from affectstream.runner import bundle_command
 
     return bundle_command(args)
+
+
+def _streams(args: argparse.Namespace, environment: dict[str, str]) -> int:
+    from affectstream.stream.streams_cli import run_streams
+
+    return run_streams(args, environment)
 
 
 def _listen(args: argparse.Namespace, environment: dict[str, str]) -> int:

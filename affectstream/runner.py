@@ -3,35 +3,40 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from affectstream._shutdown import HurryOnSignal
 from affectstream.checks import parse_windows
 from affectstream.engine.runtime import Engine, EngineChoice, load_engine
-from affectstream.errors import ConfigError, ExitStatus, SourceOutcome, Terminated, interrupted_status
+from affectstream.errors import ConfigError, ExitStatus, SourceOutcome
 from affectstream.stream.batcher import BatchConfig
 from affectstream.stream.face_session import FaceConfig
 from affectstream.stream.messages import StreamRecord
 from affectstream.stream.netloc import host_port
 from affectstream.stream.pipeline import Pipeline, PipelineConfig, StreamOutcome
-from affectstream.stream.session import AnalyticsConfig, StreamSession
-from affectstream.stream.sinks import FanoutSink, JsonlSink, MemorySink, Sink
-from affectstream.stream.sources import SourceConfig, SourceKind, classify_uri
+from affectstream.stream.session import AnalyticsConfig
+from affectstream.stream.sinks import FanoutSink, JsonlSink, Sink
+from affectstream.stream.sources import SourceConfig
 
 if TYPE_CHECKING:
+    from affectstream.stream.delivery import Delivery
     from affectstream.stream.frames import VideoFrame
     from affectstream.stream.recording import AnnotatedRecorder
+    from affectstream.stream.server import StreamServer
+    from affectstream.stream.stream_config import ConfigReloader, RunConfig
     from affectstream.stream.video_routes import VideoService
 
 log = logging.getLogger("affectstream")
+
+SINK_FLUSH_S = 5.0  # at the end of a run, how long sinks may take to send what waits (then the log keeps it)
 
 # Outcomes after which nothing at all was read from a source.
 _NOTHING_READ = {
@@ -129,6 +134,7 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
     from affectstream.checks import preflight_run
 
     sources = parse_sources(args.sources)
+    run_config = _run_config(args, sources)
     preflight_run(args, sources)  # before the model loads: a mistake costs a second, not the load
     engine = engine_from_args(args)
     config = pipeline_config(args, pace_files=not args.fast, engine=engine)
@@ -141,6 +147,7 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
         sinks.append(JsonlSink.to_path(Path(args.out), line_flush=True))
     server = None
     video = None
+    delivery = None
     streams: list[Pipeline] = []  # the hello lists the pipeline's streams, browser cameras included
     if not args.no_serve:
         from affectstream.stream.server import server_from_args
@@ -151,18 +158,23 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
         video = _video_service(args, config)
         if video is not None:
             video.mount(server)
+        delivery = _delivery(args, server)
     sink = FanoutSink(sinks)
     first_seqs: dict[str, int] = {}
     if server is not None:
         server.start()
+        if delivery is not None:
+            delivery.start()
         log.info("dashboard and websocket at http://%s/", host_port(args.host, server.port))
         if args.allow_browser_sources:
             log.info("browser cameras join at http://%s/capture", host_port(args.host, server.port))
         first_seqs = {sid: server.next_seq(sid) for sid, _ in sources}
-    # Browser cameras may come at any time: such a run lasts until it is stopped (or --duration).
+    # Streams may come at any time (browser cameras, the API, a re-read --config): such a run lasts
+    # until it is stopped (or --duration).
     pipeline = Pipeline(sources, engine.encoder, engine.head, sink, engine.labels, config,
-                        first_seqs=first_seqs, faces=engine.faces, allow_empty=args.allow_browser_sources)
+                        first_seqs=first_seqs, faces=engine.faces, allow_empty=_keeps_running(args))
     streams.append(pipeline)
+    reloader = _control(args, server, pipeline, run_config)
     if video is not None:
         video.attach(pipeline)
     overlay = None
@@ -188,6 +200,8 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
             while not pipeline.wait(0.2):
                 if deadline is not None and time.monotonic() >= deadline:
                     break
+                if reloader is not None:
+                    reloader.poll()
             if server is not None and args.linger > 0 and pipeline.wait(0):
                 _linger(args.linger, server.port, args.host)
     except KeyboardInterrupt:
@@ -199,6 +213,9 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
             sink.flush()
             recorded = _close_recorder(recorder)
             if server is not None:
+                if delivery is not None:
+                    server.settle()  # the last messages are stored, so the sinks can send them
+                    delivery.close(SINK_FLUSH_S)
                 server.stop()
             if video is not None:
                 video.close()
@@ -278,6 +295,60 @@ def _attach_taps(pipeline: Pipeline, taps: Sequence[_Tap]) -> None:
     pipeline.on_record = record
 
 
+def _keeps_running(args: argparse.Namespace) -> bool:
+    return bool(args.allow_browser_sources or args.keep_running or args.config)
+
+
+def _run_config(args: argparse.Namespace, sources: list[tuple[str, str]]) -> RunConfig | None:
+    """``--config FILE``: its sinks join ``--sink``; its streams are added once the pipeline exists."""
+    if not args.config:
+        return None
+    from affectstream.stream.stream_config import read_config
+
+    run_config = read_config(Path(args.config))
+    taken = {name for name, _ in sources} & {s.name for s in run_config.streams}
+    if taken:
+        raise ConfigError(f"stream name(s) {', '.join(sorted(taken))} are on the command line and in --config "
+                          f"{args.config}: name each stream once")
+    args.sink = [*args.sink, *run_config.sinks]
+    return run_config
+
+
+def _control(args: argparse.Namespace, server: StreamServer | None, pipeline: Pipeline,
+             run_config: RunConfig | None) -> ConfigReloader | None:
+    """Stream control over this pipeline (the API, websocket messages) and ``--config``'s streams and
+    SIGHUP; the reloader, when there is a file to re-read."""
+    from affectstream.stream.control import Controller
+
+    first_seq = server.next_seq if server is not None else (lambda name: 0)
+    controller = Controller(pipeline, first_seq)
+    if server is not None:
+        server.attach_control(controller)
+    if run_config is None:
+        return None
+    from affectstream.stream.stream_config import ConfigReloader
+
+    for request in run_config.streams:
+        controller.add(request)
+    reloader = ConfigReloader(Path(args.config), controller, pipeline.wait_stream, run_config)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, lambda *_: reloader.request())
+    return reloader
+
+
+def _delivery(args: argparse.Namespace, server: StreamServer) -> Delivery | None:
+    """``--sink``: one thread per sink, sending from the server's event log (stream/delivery.py)."""
+    if not args.sink:
+        return None
+    from affectstream.stream.brokers import parse_sink
+    from affectstream.stream.delivery import Delivery
+
+    delivery = Delivery([parse_sink(url) for url in args.sink], server.log_access(),
+                        estimates_stored=server.config.estimate_retention_s > 0)
+    server.attach_delivery(delivery)
+    return delivery
+
+
 def _video_service(args: argparse.Namespace, config: PipelineConfig) -> VideoService | None:
     """The dashboard's video and the browser cameras (``--no-video``: none)."""
     if args.no_video:
@@ -307,164 +378,10 @@ def _close_recorder(recorder: AnnotatedRecorder | None) -> bool:
 
 
 def analyze_command(args: argparse.Namespace) -> int:
-    from tqdm.contrib.logging import logging_redirect_tqdm
+    """`affectstream analyze FILE|DIR …`: affectstream/analyze.py."""
+    from affectstream.analyze import analyze_command as analyze
 
-    from affectstream.checks import preflight_analyze
-    from affectstream.stream.progress import media_progress
-    from affectstream.stream.pyav_source import local_file_problem
-    from affectstream.stream.report import FileReport
-
-    uri = args.file.strip()
-    out = summary_path(args.summary, _input_name(uri), args.force)
-    preflight_analyze(args, out)
-    problem = local_file_problem(uri) if classify_uri(uri) is SourceKind.FILE else None
-    if problem is not None:  # nothing to analyse: said at once, and no summary is written
-        print(f"cannot analyse {uri}: {problem}", file=sys.stderr)
-        return ExitStatus.NOTHING
-    engine = engine_from_args(args, offline=True)
-    recorder = None
-    if engine.sequence_model is not None and engine.head is not None:
-        from affectstream.stream.offline import RecordingHead
-
-        recorder = RecordingHead(engine.head)
-    config = pipeline_config(args, pace_files=False, engine=engine)
-    memory = MemorySink()
-    started = time.monotonic()
-    progress = media_progress(_input_name(uri), disable=True if args.no_progress else None)
-    try:
-        with logging_redirect_tqdm():
-            interrupt, outcome, annotated = _analyze_pass(uri, config, engine, recorder or engine.head, memory,
-                                                          on_record=progress.on_record,
-                                                          annotator=_recorder(args, engine.labels))
-    finally:
-        progress.close()
-    # A signal from here on (the whole-file rescoring can take seconds) must not cost the summary.
-    with HurryOnSignal(lambda: None) as late:
-        interrupted = interrupt is not None
-        records = [record for record in memory.messages if isinstance(record, StreamRecord)]
-        if recorder is not None:
-            records = _rescore_whole_file(records, recorder, engine, config.analytics)
-        if args.out:
-            jsonl = JsonlSink.to_path(Path(args.out))
-            try:
-                for record in records:
-                    jsonl.write(record)
-            finally:
-                jsonl.close()
-        report = FileReport(engine.labels, top_k=args.top)
-        for record in records:
-            report.add_record(record)
-        summary: dict[str, Any] = report.to_dict(source={"path": uri, "model": engine.model_info},
-                                                   damage=_damage_of(outcome))
-        summary["processing"] = {"seconds": round(time.monotonic() - started, 3), "interrupted": interrupted}
-        if interrupted:
-            summary["partial"] = True  # what was read before the signal; the rest of the file was not
-        if out.exists():
-            print(f"replacing {out}", file=sys.stderr)  # never silently: an explicit --summary, or --force
-        text = json.dumps(summary, indent=2, allow_nan=False)
-        out.write_text(text)
-    if interrupt is None and late.status is not None:
-        interrupt = Terminated() if late.status is ExitStatus.TERMINATED else KeyboardInterrupt()
-    status = stream_status(outcome)
-    if not annotated and status == ExitStatus.OK:
-        status = ExitStatus.PARTIAL  # analysed, but the video asked for is not (all) written
-    _print_summary(summary, out, status)
-    if args.json or not sys.stdout.isatty():
-        print(text)  # the result, for `analyze x.mp4 | jq`
-    return interrupted_status(interrupt) if interrupt is not None else status
-
-
-def summary_path(given: str | None, name: str, force: bool) -> Path:
-    """Where the summary goes: ``--summary``, else NAME.affect.json in the current directory; an earlier
-    summary there is never replaced silently: without ``--force`` the next free NAME.affect-N.json."""
-    if given:
-        return Path(given)
-    name = _short_stem(name)
-    path = Path(name + ".affect.json")
-    if force or not path.exists():
-        return path
-    for n in itertools.count(1):
-        candidate = Path(f"{name}.affect-{n}.json")
-        if not candidate.exists():
-            print(f"{path} exists: writing {candidate} instead (--force replaces it)", file=sys.stderr)
-            return candidate
-    raise AssertionError("unreachable")
-
-
-_MAX_STEM_BYTES = 200  # a file name may have 255 bytes: room for ".affect-NNN.json"
-
-
-def _short_stem(name: str) -> str:
-    """``name`` cut to what a file name can hold, with a hash of the whole so that two long names differ."""
-    if len(name.encode()) <= _MAX_STEM_BYTES:
-        return name
-    import hashlib
-
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    cut = name.encode()[:_MAX_STEM_BYTES - 9].decode(errors="ignore")
-    return f"{cut}-{digest}"
-
-
-def _input_name(uri: str) -> str:
-    """The file name part of a path or URL (query and fragment left out), for output names."""
-    from urllib.parse import urlsplit
-
-    if classify_uri(uri) is SourceKind.URL:
-        name = Path(urlsplit(uri).path).name
-        return name or urlsplit(uri).hostname or "stream"
-    return Path(uri).name
-
-
-def _analyze_pass(uri: str, config: PipelineConfig, engine: Engine, head: Any, sink: Sink,
-                  on_record: Callable[[StreamRecord], None] | None = None,
-                  annotator: AnnotatedRecorder | None = None) -> tuple[KeyboardInterrupt | None, StreamOutcome, bool]:
-    """Run the file through the pipeline as fast as possible; (the Ctrl-C or SIGTERM that cut it
-    short, if one did; how it went; False if the ``--annotate`` video could not be written)."""
-    pipeline = Pipeline([("file", uri)], engine.encoder, head, sink, engine.labels, config, faces=engine.faces)
-    pipeline.on_record = on_record
-    _attach_taps(pipeline, [annotator] if annotator is not None else [])
-    pipeline.start()
-    interrupt: KeyboardInterrupt | None = None
-    try:
-        while not pipeline.wait(0.2):
-            pass
-    except KeyboardInterrupt as caught:
-        interrupt = caught
-        log.info("stopping: the summary of what was read is written (marked partial)")
-    finally:
-        with HurryOnSignal(_hurry(pipeline, annotator)) as guard:
-            pipeline.stop()
-            sink.close()
-            annotated = _close_recorder(annotator)
-    if interrupt is None and guard.status is not None:
-        interrupt = Terminated() if guard.status is ExitStatus.TERMINATED else KeyboardInterrupt()
-    return interrupt, pipeline.outcomes["file"], annotated
-
-
-def _rescore_whole_file(records: list[StreamRecord], recorder: Any, engine: Engine,
-                        analytics: AnalyticsConfig) -> list[StreamRecord]:
-    """The bidirectional model over the whole sequence; the records replayed with its scores."""
-    from affectstream.stream.offline import replay, rescore_sequence
-
-    scores, sentiment = rescore_sequence(engine.sequence_model, recorder.features("file"))
-    session = StreamSession("file", engine.labels, analytics)
-    return replay(records, scores, sentiment, session)
-
-
-def _damage_of(outcome: StreamOutcome) -> dict[str, Any]:
-    """How reading ended and what the reader counted as damaged (the terminal event's fields)."""
-    if not outcome.ended:
-        return {"outcome": "unknown"}
-    return {"outcome": outcome.outcome.value if outcome.outcome is not None else None,
-            "detail": outcome.detail, **(outcome.damage or {})}
-
-
-def _print_summary(summary: dict[str, Any], out: Path, status: int) -> None:
-    frames = summary.get("frames", 0)
-    damage = summary.get("damage", {})
-    print(f"analysed {frames} frames; summary written to {out}", file=sys.stderr)
-    if status != ExitStatus.OK:
-        print(f"input problem: {damage.get('outcome')} {damage.get('detail', '')}".rstrip(), file=sys.stderr)
+    return analyze(args)
 
 
 def bundle_command(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 APT_RUNTIME="ffmpeg"
 # Test peers: sample videos, GStreamer's RTSP server, a headless browser.
 APT_TEST="opencv-doc gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-tools gstreamer1.0-plugins-base \
-gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly chromium"
+gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly chromium mosquitto redis-server"
 
 if [ -z "${AFFECTSTREAM_SKIP_APT:-}" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   packages="$APT_RUNTIME"

@@ -57,7 +57,18 @@ CREATE TABLE IF NOT EXISTS high_water (
     stream TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sink_cursors (
+    sink TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (sink, stream)
+) WITHOUT ROWID;
 """
+
+
+def kept(kind: str, estimates_kept: bool) -> bool:
+    """Whether the log stores messages of this type: events and summaries always, estimates if asked."""
+    return kind in DURABLE_TYPES or (kind == MessageType.ESTIMATE.value and estimates_kept)
 
 
 class EventLogWriteError(AffectstreamError):
@@ -107,10 +118,7 @@ class EventLog:
         self.ignored_duplicates = 0
 
     def stores(self, message: Record) -> bool:
-        if not isinstance(message, StreamRecord):
-            return False
-        kind = message.type.value
-        return kind in DURABLE_TYPES or (kind == MessageType.ESTIMATE.value and self.config.estimate_retention_s > 0)
+        return isinstance(message, StreamRecord) and kept(message.type.value, self.config.estimate_retention_s > 0)
 
     def append(self, messages: Iterable[Record]) -> int:
         """Store the durable ones (their JSON text as sent) and every stream's highest seq, in one
@@ -179,6 +187,30 @@ class EventLog:
         except sqlite3.Error as error:
             raise ConfigError(f"cannot read the event log {self._where} ({error}): free space on its disk "
                               "or pass another --event-log path") from error
+
+    def cursors(self, sink: str) -> dict[str, int]:
+        """A sink's delivery cursor: per stream, the highest seq it has delivered (stream/delivery.py)."""
+        rows = self._db.execute("SELECT stream, seq FROM sink_cursors WHERE sink = ?", (sink,)).fetchall()
+        return {stream: int(seq) for stream, seq in rows}
+
+    def save_cursors(self, sink: str, cursors: dict[str, int]) -> None:
+        """Store a sink's cursor (never moving a stream's back); EventLogWriteError when it cannot."""
+        try:
+            with self._transaction():
+                self._db.executemany(
+                    "INSERT INTO sink_cursors VALUES (?, ?, ?) ON CONFLICT(sink, stream) DO UPDATE "
+                    "SET seq = MAX(seq, excluded.seq)", [(sink, stream, seq) for stream, seq in sorted(cursors.items())])
+        except sqlite3.Error as error:
+            raise EventLogWriteError(f"the event log {self._where} cannot store sink {sink}'s cursor ({error})") from error
+
+    def heads(self) -> dict[str, int]:
+        """Per stream, the highest stored seq."""
+        return {stream: int(seq) for stream, seq in self._db.execute("SELECT stream, MAX(seq) FROM messages GROUP BY stream")}
+
+    def count_since(self, stream: str, after_seq: int) -> int:
+        """Stored messages of ``stream`` with seq > ``after_seq``: a sink's lag."""
+        row = self._db.execute("SELECT COUNT(*) FROM messages WHERE stream = ? AND seq > ?", (stream, after_seq)).fetchone()
+        return int(row[0])
 
     def streams(self) -> list[str]:
         return [row[0] for row in self._db.execute("SELECT DISTINCT stream FROM messages ORDER BY stream")]

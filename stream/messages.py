@@ -6,6 +6,12 @@ time in ms since the epoch), ``Hello``, ``Subscribed``, ``Lagged``, ``ErrorReply
 ``ServerStatus`` (the server's own state, to every client).
 A record becomes wire JSON once, at the edge: ``to_wire()`` is its JSON object and ``text`` the
 encoded line, computed on first use and shared by every sink, the event log and every client.
+The way back is ``parse_message(wire)`` (or ``parse_text(text)``), what a client (affectstream.client)
+uses: strict about the fields a record needs (``MessageError`` names the one missing or of the wrong
+type, or another protocol ``v``), tolerant of fields it does not know (the protocol's rule), and
+``UnknownMessageError`` (a ``MessageError``) for a message type or event kind this version does not
+know, which a client skips. ``parse_message(record.to_wire()) == record`` for every record whose
+values are as they go on the wire (tests/test_client.py checks it with generated records).
 
 Code that needs to know what happened reads the records' typed fields (``Event.kind``,
 ``Event.outcome``, ``Event.source``), never strings of the wire form.
@@ -16,14 +22,15 @@ from __future__ import annotations
 import abc
 import enum
 import json
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from affectstream._version import PROTOCOL_VERSION, __version__
-from affectstream.errors import SourceOutcome
+from affectstream.errors import AffectstreamError, SourceOutcome
 
 if TYPE_CHECKING:
     from affectstream.stream.frames import SourceEvent
@@ -45,6 +52,7 @@ class MessageType(str, enum.Enum):
     LAGGED = "lagged"
     ERROR = "error"
     SERVER_STATUS = "server_status"
+    STREAM_CONTROL = "stream_control"
 
 
 # What a client may subscribe to: the per-stream types.
@@ -165,7 +173,8 @@ class Estimate(StreamRecord):
     """One sampled frame's estimate; scores are already rounded as they go on the wire.
 
     ``state`` and ``faces`` come with the face stage (absent when it is off); ``dominant`` is None
-    when no face is in view.
+    when no face is in view. ``primary`` is the id of the face the stream-level scores were built
+    from (stream/face_session.py's rule; not on the wire: the report's thumbnails crop that face).
     """
 
     TYPE: ClassVar[MessageType] = MessageType.ESTIMATE
@@ -176,9 +185,13 @@ class Estimate(StreamRecord):
     latency_ms: Mapping[str, float] | None = None
     age_ms: float | None = None
     faces: tuple[FaceEstimate, ...] | None = None
+    primary: int | None = None
+    source_size: tuple[int, int] | None = None  # (w, h) of the pixels the faces' boxes are in
 
     def _body(self) -> Wire:
         body: Wire = {"scores": dict(self.scores), "sentiment": self.sentiment, "dominant": self.dominant}
+        if self.source_size is not None:
+            body["source_size"] = list(self.source_size)
         if self.state is not None:
             body["state"] = self.state.value
         if self.latency_ms is not None:
@@ -315,9 +328,11 @@ class Hello(Record):
     model: Mapping[str, Any]
     streams: tuple[str, ...]
     wall: int
+    server: str = f"affectstream/{__version__}"  # the sending server's name/version (this one's by default)
+    protocol: int = PROTOCOL_VERSION
 
     def _body(self) -> Wire:
-        return {"server": f"affectstream/{__version__}", "protocol": PROTOCOL_VERSION, "labels": list(self.labels),
+        return {"server": self.server, "protocol": self.protocol, "labels": list(self.labels),
                 "model": dict(self.model), "streams": list(self.streams), "wall": self.wall}
 
 
@@ -375,17 +390,72 @@ class ErrorReply(Record):
 
 @dataclass(frozen=True, kw_only=True)
 class ServerStatus(Record):
-    """The server's event log changed state (``ok`` / ``failing``); sent to every client, and after
-    ``hello`` to a client that connects while it is failing."""
+    """The server's event log changed state (``ok`` / ``failing``), or a sink's did; sent to every
+    client, and after ``hello`` to a client that connects while something is failing or sinks exist."""
 
     TYPE: ClassVar[MessageType] = MessageType.SERVER_STATUS
     event_log: str
     backlog: int
     lost: int
     detail: str | None = None
+    sinks: tuple[SinkReport, ...] = ()
 
     def _body(self) -> Wire:
-        return {"event_log": self.event_log, "backlog": self.backlog, "lost": self.lost, "detail": self.detail}
+        body: Wire = {"event_log": self.event_log, "backlog": self.backlog, "lost": self.lost, "detail": self.detail}
+        if self.sinks:
+            body["sinks"] = [sink.to_wire() for sink in self.sinks]
+        return body
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """One stream as stream control lists it (``GET /api/streams``, ``list_streams``)."""
+
+    name: str
+    uri: str
+    running: bool
+    rate: float | None = None  # its own sampling rate (None: the run's)
+    ended: str | None = None  # how it ended (an outcome), once it has
+
+    def to_wire(self) -> Wire:
+        return {"name": self.name, "uri": self.uri, "running": self.running, "rate": self.rate, "ended": self.ended}
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamControlReply(Record):
+    """The answer to a websocket control message (``list_streams``, ``add_stream``, ``remove_stream``)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.STREAM_CONTROL
+    action: str
+    ok: bool
+    stream: str | None = None
+    error: str | None = None
+    status: int | None = None  # the HTTP status the same request gets from /api/streams, when not ok
+    streams: tuple[StreamEntry, ...] | None = None  # list_streams
+
+    def _body(self) -> Wire:
+        body: Wire = {"action": self.action, "ok": self.ok, "stream": self.stream}
+        if not self.ok:
+            body["error"], body["status"] = self.error, self.status
+        if self.streams is not None:
+            body["streams"] = [entry.to_wire() for entry in self.streams]
+        return body
+
+
+@dataclass(frozen=True)
+class SinkReport:
+    """One ``--sink``'s state in ``server_status``: up/down, how far behind the log, what it delivered."""
+
+    name: str
+    state: str
+    lag: int  # stored messages not yet delivered (-1: unknown now)
+    delivered: int
+    failures: int
+    error: str | None = None
+
+    def to_wire(self) -> Wire:
+        return {"name": self.name, "state": self.state, "lag": self.lag, "delivered": self.delivered,
+                "failures": self.failures, "error": self.error}
 
 
 class SeqCounter:
@@ -402,3 +472,295 @@ class SeqCounter:
         seq = self._next
         self._next += 1
         return seq
+
+
+# -- parsing: wire JSON back into records (what affectstream.client yields) -----------------------------
+
+
+class MessageError(AffectstreamError, ValueError):
+    """A server message that breaks protocol v1: not a JSON object, a field a record needs missing or
+    of the wrong type, or another protocol version ``v``. ``wire`` is what was received."""
+
+    def __init__(self, problem: str, wire: Any = None) -> None:
+        super().__init__(problem)
+        self.wire = wire
+
+
+class UnknownMessageError(MessageError):
+    """A message type, or an event kind or estimate state, this version does not know. The protocol
+    lets a newer server send them and tells clients to ignore them: affectstream.client skips them."""
+
+
+def parse_text(text: str | bytes) -> Record:
+    """The record of one websocket text frame (see ``parse_message``)."""
+    try:
+        wire = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise MessageError(f"a server message is one JSON object ({str(error)[:80]})", text) from None
+    return parse_message(wire)
+
+
+def parse_message(wire: Any) -> Record:
+    """The frozen record of one server message (its decoded JSON object).
+
+    Raises ``MessageError`` when a field the record needs is missing or of the wrong type (the
+    message says which), or ``v`` is not this protocol's version; ``UnknownMessageError`` (a
+    MessageError) for a type, event kind or estimate state this version does not know. Fields it
+    does not know are ignored, as the protocol asks of clients. Fields that are not on the wire
+    (``Event.source``, ``Estimate.primary``) are None; an event ``outcome`` this version does not
+    know reads as None rather than losing the event.
+    """
+    f = _Fields(wire, "a server message")
+    kind = f.text("type")
+    version = f.wire.get("v")
+    if not _integer(version) or version != PROTOCOL_VERSION:
+        raise MessageError(f"{kind!r} message of protocol version {_short(version)}: this client speaks "
+                           f"version {PROTOCOL_VERSION} (upgrade affectstream)", wire)
+    parser = _PARSERS.get(kind)
+    if parser is None:
+        raise UnknownMessageError(f"message type {kind!r} is not one this version knows", wire)
+    f.where = f"{kind!r} message"
+    return parser(f)
+
+
+_ABSENT = object()
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _numbers_ok(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(_finite_number(x) for x in value.values())
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Fields:
+    """Typed reads of one message's fields (``where`` names it in errors). ``opt_*`` reads take an
+    absent field or null as None; the others raise MessageError naming the field."""
+
+    def __init__(self, wire: Any, where: str) -> None:
+        if not isinstance(wire, Mapping):
+            raise MessageError(f"{where} must be a JSON object, got {_short(wire)}", wire)
+        self.wire: Mapping[str, Any] = wire
+        self.where = where
+
+    def get(self, name: str, ok: Callable[[Any], bool], expected: str, optional: bool = False) -> Any:
+        value = self.wire.get(name, _ABSENT)
+        if value is _ABSENT or value is None:
+            if optional:
+                return None
+            got = "it is missing" if value is _ABSENT else "got null"
+        elif ok(value):
+            return value
+        else:
+            got = f"got {_short(value)}"
+        raise MessageError(f"{self.where}: field {name!r} must be {expected} ({got})", self.wire)
+
+    def text(self, name: str) -> str:
+        return str(self.get(name, _is_text, "a string"))
+
+    def opt_text(self, name: str) -> str | None:
+        value = self.get(name, _is_text, "a string or null", optional=True)
+        return None if value is None else str(value)
+
+    def integer(self, name: str, low: int | None = None) -> int:
+        value = int(self.get(name, _integer, "an integer"))
+        if low is not None and not low <= value <= MAX_SEQ:
+            raise MessageError(f"{self.where}: field {name!r} must be from {low} to {MAX_SEQ} (got {value})",
+                               self.wire)
+        return value
+
+    def opt_integer(self, name: str) -> int | None:
+        value = self.get(name, _integer, "an integer or null", optional=True)
+        return None if value is None else int(value)
+
+    def number(self, name: str) -> float:
+        return float(self.get(name, _finite_number, "a finite number"))
+
+    def opt_number(self, name: str) -> float | None:
+        value = self.get(name, _finite_number, "a finite number or null", optional=True)
+        return None if value is None else float(value)
+
+    def flag(self, name: str) -> bool:
+        """A flag sent only when true: absent or null is False."""
+        return bool(self.get(name, lambda v: isinstance(v, bool), "true or false", optional=True))
+
+    def obj(self, name: str) -> dict[str, Any]:
+        return dict(self.get(name, lambda v: isinstance(v, Mapping), "an object"))
+
+    def opt_obj(self, name: str) -> dict[str, Any] | None:
+        value = self.get(name, lambda v: isinstance(v, Mapping), "an object or null", optional=True)
+        return None if value is None else dict(value)
+
+    def numbers(self, name: str) -> dict[str, float]:
+        """An object of numbers (scores, latencies)."""
+        value = self.get(name, _numbers_ok, "an object of finite numbers")
+        return {str(key): float(number) for key, number in value.items()}
+
+    def opt_numbers(self, name: str) -> dict[str, float] | None:
+        return None if self.wire.get(name) is None else self.numbers(name)
+
+    def texts(self, name: str) -> tuple[str, ...]:
+        return tuple(self.get(name, lambda v: isinstance(v, list) and all(map(_is_text, v)), "a list of strings"))
+
+    def opt_texts(self, name: str) -> tuple[str, ...] | None:
+        return None if self.wire.get(name) is None else self.texts(name)
+
+    def each(self, name: str, keyed: bool = False, optional: bool = False) -> list[tuple[Any, _Fields]] | None:
+        """(index, fields) of each object of a list (``faces``), or with ``keyed`` (key, fields) of each
+        value of an object (``streams`` of lagged); None when optional and absent."""
+        container = Mapping if keyed else list
+        value = self.get(name, lambda v: isinstance(v, container), "an object of objects" if keyed
+                         else "a list of objects", optional)
+        if value is None:
+            return None
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        return [(key, _Fields(item, f"{self.where} {name}[{key!r}]")) for key, item in items]
+
+    def enum_value(self, name: str, enum_type: type[_E], what: str, optional: bool = False) -> _E | None:
+        value = self.opt_text(name) if optional else self.text(name)
+        if value is None:
+            return None
+        try:
+            return enum_type(value)
+        except ValueError:
+            raise UnknownMessageError(f"{self.where}: {what} {value!r} is not one this version knows",
+                                      self.wire) from None
+
+    def header(self) -> dict[str, Any]:
+        """A stream message's stream, seq, ts and wall."""
+        return {"stream": self.text("stream"), "seq": self.integer("seq", low=0), "ts": self.number("ts"),
+                "wall": self.integer("wall")}
+
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _face(f: _Fields) -> FaceEstimate:
+    box = f.get("box", lambda v: isinstance(v, list) and len(v) == 4 and all(map(_finite_number, v)),
+                "[x, y, w, h] (4 numbers)")
+    state = f.enum_value("state", EstimateState, "face state")
+    assert state is not None  # required: enum_value raised otherwise
+    return FaceEstimate(id=f.integer("id"), box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
+                        score=f.number("score"), frame_scores=f.numbers("frame_scores"), scores=f.numbers("scores"),
+                        dominant=f.text("dominant"), state=state, sentiment=f.number("sentiment"))
+
+
+def _estimate(f: _Fields) -> Estimate:
+    faces = f.each("faces", optional=True)
+    return Estimate(**f.header(), scores=f.numbers("scores"), sentiment=f.number("sentiment"),
+                    dominant=f.opt_text("dominant"),
+                    state=f.enum_value("state", EstimateState, "estimate state", optional=True),
+                    latency_ms=f.opt_numbers("latency_ms"), age_ms=f.opt_number("age_ms"),
+                    faces=None if faces is None else tuple(_face(face) for _, face in faces),
+                    source_size=_size(f.wire.get("source_size")))
+
+
+def _size(value: Any) -> tuple[int, int] | None:
+    if isinstance(value, list) and len(value) == 2 and all(_integer(v) and v > 0 for v in value):
+        return int(value[0]), int(value[1])
+    return None  # absent (no face stage), or not a size: boxes then have no reference, as before
+
+
+def _summary(f: _Fields) -> Summary:
+    return Summary(**f.header(), window_s=f.number("window_s"), start=f.number("start"), end=f.number("end"),
+                   frames=f.integer("frames"), mean=f.numbers("mean"), dominant=f.opt_text("dominant"),
+                   share=f.numbers("share"), sentiment_mean=f.number("sentiment_mean"),
+                   sentiment_trend=f.number("sentiment_trend"), partial=f.flag("partial"),
+                   states=f.opt_numbers("states"))
+
+
+_OUTCOMES = {outcome.value: outcome for outcome in SourceOutcome}
+
+
+def _event(f: _Fields) -> Event:
+    kind = f.enum_value("kind", EventKind, "event kind")
+    assert kind is not None
+    outcome = f.opt_text("outcome")
+    return Event(**f.header(), kind=kind, label=f.opt_text("label"), value=f.opt_number("value"),
+                 face=f.opt_integer("face"), started=f.opt_number("started"), confirmed=f.opt_number("confirmed"),
+                 duration=f.opt_number("duration"), forced=f.flag("forced"), previous=f.opt_text("previous"),
+                 detail=f.opt_text("detail"), attempt=f.opt_integer("attempt"),
+                 outcome=None if outcome is None else _OUTCOMES.get(outcome),
+                 frames_read=f.opt_integer("frames_read"), damage=f.opt_obj("damage"),
+                 restart_ts=f.opt_number("restart_ts"), new=f.opt_integer("new"), total=f.opt_integer("total"))
+
+
+def _stats(f: _Fields) -> Stats:
+    default = StatsFields()
+
+    def optional(value: Any, fallback: Any) -> Any:
+        return fallback if value is None else value
+
+    stages = f.get("stage_ms", lambda v: isinstance(v, Mapping) and all(map(_numbers_ok, v.values())),
+                   "an object of objects of numbers", optional=True) or {}
+    return Stats(**f.header(), fields=StatsFields(
+        input_fps=f.number("input_fps"), sampled_fps=f.number("sampled_fps"),
+        frames_in=optional(f.opt_integer("frames_in"), default.frames_in),
+        frames_sampled=optional(f.opt_integer("frames_sampled"), default.frames_sampled),
+        estimates=optional(f.opt_integer("estimates"), default.estimates), drops=f.integer("drops"),
+        queue_depth=optional(f.opt_integer("queue_depth"), default.queue_depth),
+        batch_size=optional(f.opt_number("batch_size"), default.batch_size),
+        latency_ms=f.numbers("latency_ms"),
+        stage_ms={str(stage): {str(k): float(v) for k, v in values.items()} for stage, values in stages.items()}))
+
+
+def _hello(f: _Fields) -> Hello:
+    return Hello(labels=f.texts("labels"), model=f.obj("model"), streams=f.texts("streams"), wall=f.integer("wall"),
+                 server=f.text("server"), protocol=f.integer("protocol"))
+
+
+def _subscribed(f: _Fields) -> Subscribed:
+    return Subscribed(streams=f.opt_texts("streams"), types=f.opt_texts("types"),
+                      excluded_streams=f.opt_texts("excluded_streams") or (),
+                      excluded_types=f.opt_texts("excluded_types") or ())
+
+
+def _lagged(f: _Fields) -> Lagged:
+    entries = f.each("streams", keyed=True) or []
+    return Lagged(streams={str(stream): LagEntry(resume_after=entry.integer("resume_after", low=-1),
+                                                 missed=entry.integer("missed")) for stream, entry in entries},
+                  **({"hint": f.text("hint")} if f.wire.get("hint") is not None else {}))
+
+
+def _error(f: _Fields) -> ErrorReply:
+    return ErrorReply(code=f.text("code"), message=f.text("message"))
+
+
+def _server_status(f: _Fields) -> ServerStatus:
+    sinks = f.each("sinks", optional=True) or []
+    return ServerStatus(event_log=f.text("event_log"), backlog=f.integer("backlog"), lost=f.integer("lost"),
+                        detail=f.opt_text("detail"),
+                        sinks=tuple(SinkReport(name=s.text("name"), state=s.text("state"), lag=s.integer("lag"),
+                                               delivered=s.integer("delivered"), failures=s.integer("failures"),
+                                               error=s.opt_text("error")) for _, s in sinks))
+
+
+def _stream_control(f: _Fields) -> StreamControlReply:
+    listed = f.each("streams", optional=True)
+    streams = None if listed is None else tuple(
+        StreamEntry(name=e.text("name"), uri=e.text("uri"), running=e.flag("running"), rate=e.opt_number("rate"),
+                    ended=e.opt_text("ended")) for _, e in listed)
+    return StreamControlReply(action=f.text("action"), ok=f.flag("ok"), stream=f.opt_text("stream"),
+                              error=f.opt_text("error"), status=f.opt_integer("status"), streams=streams)
+
+
+_PARSERS: dict[str, Callable[[_Fields], Record]] = {
+    MessageType.HELLO.value: _hello, MessageType.ESTIMATE.value: _estimate, MessageType.SUMMARY.value: _summary,
+    MessageType.EVENT.value: _event, MessageType.STATS.value: _stats, MessageType.SUBSCRIBED.value: _subscribed,
+    MessageType.LAGGED.value: _lagged, MessageType.ERROR.value: _error,
+    MessageType.SERVER_STATUS.value: _server_status, MessageType.STREAM_CONTROL.value: _stream_control,
+}

@@ -74,9 +74,12 @@ class PipelineConfig:
     max_in_flight: int = 8  # sampled frames per stream between pump and emitter
     stats_interval_s: float = 2.0
 
-    def rate_for(self, is_live: bool) -> float | None:
-        if self.rate_hz is not None:
-            return self.rate_hz if self.rate_hz > 0 else None
+    def rate_for(self, is_live: bool, stream_rate_hz: float | None = None) -> float | None:
+        """The sampling rate of a stream (None: every frame); a stream's own rate (``add_stream``,
+        ``--config``) comes first, then ``--rate``, then the live or file default."""
+        rate = stream_rate_hz if stream_rate_hz is not None else self.rate_hz
+        if rate is not None:
+            return rate if rate > 0 else None
         return DEFAULT_LIVE_RATE_HZ if is_live else DEFAULT_FILE_RATE_HZ
 
 
@@ -167,6 +170,7 @@ class _StreamRuntime:
         self.final_stats_sent = False  # the stats after its end went out: no more for this stream
         self.grabber: Grabber | None = None
         self.pump: threading.Thread | None = None
+        self.rate_hz: float | None = None  # its own sampling rate (None: the run's)
 
 
 class Pipeline:
@@ -250,13 +254,15 @@ class Pipeline:
         emitter changes the counts, a reader may see one that is a frame old)."""
         return sum(runtime.session.open_faces for runtime in self._streams.values())
 
-    def add_stream(self, stream_id: str, uri: str, source: Source | None = None, first_seq: int = 0) -> None:
+    def add_stream(self, stream_id: str, uri: str, source: Source | None = None, first_seq: int = 0,
+                   rate_hz: float | None = None) -> None:
         """Add a stream before ``start()`` or while the pipeline runs (any thread; it does not wait).
 
         ``source``: this stream's one source, e.g. a ``PushSource`` fed by the WebRTC side; it is never
         reconnected, so its end or failure is the stream's (stream/grabber.py). Without it the source
         comes from ``source_factory(uri, ...)`` and reconnects like the constructor's streams.
         ``first_seq``: where an event log's numbering of this id left off (see the constructor).
+        ``rate_hz``: this stream's own sampling rate (0: every frame; None: the run's ``--rate``).
 
         The id must not be a running stream's. A finished stream's id may be taken again (a reloaded
         capture page): the new stream replaces it in ``outcomes``, and its seqs continue after the old
@@ -277,9 +283,30 @@ class Pipeline:
                 # Its last stats, if not out yet, are skipped: the emitter reads the table under the lock.
                 first_seq = max(first_seq, old.session.next_seq)
             runtime = self._new_runtime(stream_id, uri, first_seq, source)
+            runtime.rate_hz = rate_hz
             self._streams = {**self._streams, stream_id: runtime}
             if self._started:
                 self._launch(runtime)
+
+    def remove_stream(self, stream_id: str) -> None:
+        """Stop one stream (any thread; returns at once): it ends with `stream_ended` (outcome stopped)
+        within the grabber's stop grace; the others go on. PipelineError for an id that is not running."""
+        with self._lock:
+            runtime = self._streams.get(stream_id)
+            if runtime is None or runtime.finished.is_set():
+                raise PipelineError(f"no running stream {stream_id!r}: the running ones are "
+                                    f"{', '.join(self.running_stream_ids()) or 'none'}")
+            grabber = runtime.grabber
+        if grabber is not None:
+            grabber.stop()
+
+    def stream_uri(self, stream_id: str) -> str | None:
+        runtime = self._streams.get(stream_id)
+        return None if runtime is None else runtime.uri
+
+    def stream_rate(self, stream_id: str) -> float | None:
+        runtime = self._streams.get(stream_id)
+        return None if runtime is None else runtime.rate_hz
 
     def start(self) -> None:
         with self._lock:
@@ -384,13 +411,13 @@ class Pipeline:
                 if isinstance(item, SourceEvent):
                     if item.info is not None:
                         runtime.is_live = item.info.is_live
-                        sampler = MediaTimeSampler(self._config.rate_for(runtime.is_live))
+                        sampler = MediaTimeSampler(self._config.rate_for(runtime.is_live, runtime.rate_hz))
                     self._batches.put(StreamMarker(item))
                     if item.terminal:
                         return
                     continue
                 if sampler is None:
-                    sampler = MediaTimeSampler(self._config.rate_for(runtime.is_live))
+                    sampler = MediaTimeSampler(self._config.rate_for(runtime.is_live, runtime.rate_hz))
                 sampled = sampler.offer(item.pts) and self._acquire_slot(runtime)
                 if self.on_decoded is not None:
                     self.on_decoded(item, sampled, runtime.is_live)
@@ -574,7 +601,7 @@ class Pipeline:
         if item.faces is not None:
             clip = None if item.scores is None or item.sentiment is None else (item.scores, item.sentiment)
             records = session.on_faces(frame.pts, wall_ms(), item.faces, clip, latency_ms=stage_ms,
-                                       age_ms=round(age_ms, 3))
+                                       age_ms=round(age_ms, 3), source_size=frame.source_size or (frame.width, frame.height))
         else:
             assert item.scores is not None and item.sentiment is not None
             records = session.on_estimate(frame.pts, wall_ms(), item.scores, item.sentiment,

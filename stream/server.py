@@ -38,14 +38,18 @@ from typing import TYPE_CHECKING, Any
 from affectstream._version import PROTOCOL_VERSION
 from affectstream.errors import AffectstreamError, ConfigError, MissingExtraError
 from affectstream.stream.admission import Admission, Refusal, host_allowed, host_name, is_loopback
-from affectstream.stream.eventlog import EventLog, EventLogConfig
+from affectstream.stream.control import CONTROL_TYPES, ControlRoutes
+from affectstream.stream.eventlog import EventLog, EventLogConfig, StoredMessage
 from affectstream.stream.log_backlog import BufferedLog, LogHealth, LogState
-from affectstream.stream.messages import ErrorReply, Hello, MessageType, Record, ServerStatus
+from affectstream.stream.messages import ErrorReply, Hello, MessageType, Record, ServerStatus, SinkReport
 from affectstream.stream.netloc import host_port
 from affectstream.stream.subscriptions import ClientSession, Outgoing, ProtocolError, resume_in_query
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+    from affectstream.stream.control import Controller
+    from affectstream.stream.delivery import Delivery, LogAccess
 
 __all__ = ["Handler", "ServerConfig", "ServerCounters", "StreamServer", "host_allowed", "host_name", "is_loopback"]
 
@@ -53,13 +57,22 @@ log = logging.getLogger(__name__)
 
 WEB_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
              "/index.html": ("index.html", "text/html; charset=utf-8"),
+             "/capture": ("capture.html", "text/html; charset=utf-8"),
+             "/capture.html": ("capture.html", "text/html; charset=utf-8"),
              "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+             "/capture.js": ("capture.js", "text/javascript; charset=utf-8"),
+             "/chart.js": ("chart.js", "text/javascript; charset=utf-8"),
+             "/common.js": ("common.js", "text/javascript; charset=utf-8"),
+             "/control.js": ("control.js", "text/javascript; charset=utf-8"),
+             "/overlay.js": ("overlay.js", "text/javascript; charset=utf-8"),
+             "/video.js": ("video.js", "text/javascript; charset=utf-8"),
              "/style.css": ("style.css", "text/css; charset=utf-8")}
 # The page loads nothing from elsewhere; 'self' covers the same-origin websocket in current browsers.
 CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                            "connect-src 'self'; base-uri 'none'; frame-ancestors 'none'")
 MAX_CLIENT_ERRORS = 20  # protocol errors tolerated from one client before it is closed (1008)
 SEND_BATCH = 64
+SINK_STATUS_EVERY_S = 2.0  # how often sinks' state is looked at (and sent when it changed)
 MAX_BODY_BYTES = 256 * 1024  # a POSTed body (an SDP offer is a few kB)
 
 
@@ -157,6 +170,11 @@ class StreamServer:
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self._port = config.port
+        self._delivery: Delivery | None = None  # --sink: told of every batch after it is stored
+        self.control: Controller | None = None  # stream control (stream/control.py), once the pipeline exists
+        self._control_routes = ControlRoutes(self.admission)
+        self._routes["/api/streams"] = self._control_routes.handle
+        self._sinks_said: tuple[SinkReport, ...] = ()
 
     # -- lifecycle (any thread) ---------------------------------------------------------------------
 
@@ -171,6 +189,19 @@ class StreamServer:
             self._on_loop_start.append(on_start)
         if on_stop is not None:
             self._on_loop_stop.append(on_stop)
+
+    def attach_control(self, controller: Controller) -> None:
+        """Stream control for ``/api/streams`` and the websocket's control messages (any time)."""
+        self.control = self._control_routes.controller = controller
+
+    def attach_delivery(self, delivery: Delivery) -> None:
+        """The run's sinks (stream/delivery.py), before ``start``: each stored batch wakes them, and their
+        state goes into ``server_status``."""
+        self._delivery = delivery
+
+    def log_access(self) -> LogAccess:
+        """The event log for another thread (a sink's): every call runs on the server's loop."""
+        return _LogAccess(self)
 
     def start(self, timeout: float = 10.0) -> None:
         """Start listening in a daemon thread; returns once the port is bound."""
@@ -238,6 +269,10 @@ class StreamServer:
     def close(self) -> None:
         self.stop()
 
+    def settle(self) -> None:
+        """Everything published so far is stored and handed on (before the sinks' last delivery)."""
+        self._on_loop(self._drain)
+
     def next_seq(self, stream: str) -> int:
         """Where a (re)started pipeline should number ``stream`` from, so resume spans restarts."""
         return self._on_loop(lambda: self._log.eventlog.next_seq(stream))
@@ -287,9 +322,12 @@ class StreamServer:
                     self._loop.call_soon(self._drain)
             for hook in self._on_loop_start:
                 hook(self._loop)
+            watcher = asyncio.create_task(self._watch_sinks()) if self._delivery is not None else None
             self._started.set()
             await self._stopping.wait()
             self._drain()
+            if watcher is not None:
+                watcher.cancel()
             await self._let_writers_finish(1.0)
             for stop_hook in self._on_loop_stop:
                 with contextlib.suppress(Exception):
@@ -323,6 +361,8 @@ class StreamServer:
         # Stored before it is sent: the log's high-water mark covers every seq a client may see.
         if self._log.append(encoded):
             encoded.append(self._status())
+        if self._delivery is not None:
+            self._delivery.on_drained(encoded)
         self._published += len(encoded)
         for message in encoded:
             item = Outgoing.of(message)
@@ -336,7 +376,30 @@ class StreamServer:
     def _status(self) -> ServerStatus:
         health = self._log.health()
         return ServerStatus(event_log=health.state.value, backlog=health.backlog, lost=health.lost,
-                            detail=health.error)
+                            detail=health.error, sinks=self._sink_reports())
+
+    def _sink_reports(self) -> tuple[SinkReport, ...]:
+        if self._delivery is None:
+            return ()
+        return tuple(SinkReport(s.name, s.state.value, s.lag, s.delivered, s.failures, s.error)
+                     for s in self._delivery.statuses())
+
+    async def _watch_sinks(self) -> None:
+        """Clients hear of each sink's state when it changes, and of its lag every few seconds while
+        it is behind (a sink's state is read from its thread, not pushed)."""
+        while True:
+            await asyncio.sleep(SINK_STATUS_EVERY_S)
+            reports = self._sink_reports()
+            moved = [(r.state, r.lag, r.failures) for r in reports] != [(r.state, r.lag, r.failures) for r in self._sinks_said]
+            if moved:
+                self._sinks_said = reports
+                self._broadcast(self._status())
+
+    def _broadcast(self, message: Record) -> None:
+        item = Outgoing.of(message)
+        for client in self._clients:
+            client.session.offer(item)
+            client.wake.set()
 
     def _warn_drop(self) -> None:
         now = time.monotonic()
@@ -408,10 +471,10 @@ class StreamServer:
         log.debug("client %s connected (%d now)", client.remote, len(self._clients))
         client.session.reply(self._hello())
         health = self._log.health()
-        if health.state is not LogState.OK or health.lost:
-            client.session.reply(self._status())  # a late client learns of the outage and its losses too
+        if health.state is not LogState.OK or health.lost or self._delivery is not None:
+            client.session.reply(self._status())  # a late client learns of an outage, losses, its sinks
         # Before the first await: no live message can be offered to this client ahead of its resume.
-        resume = resume_in_query(request.query_string)
+        resume = self._ours(resume_in_query(request.query_string))
         if resume:
             client.session.resume(resume)
         # Each stream's newest estimate, so that a late viewer (a stream that ended, one that is slow)
@@ -431,6 +494,21 @@ class StreamServer:
             self._replayed += counters.replayed
             log.debug("client %s gone (%d left)", client.remote, len(self._clients))
         return connection
+
+    def _ours(self, resume: dict[str, int]) -> dict[str, int]:
+        """A resume past everything this log ever numbered comes from another numbering (a server that
+        restarted without its event log): from this log's start then, not after a seq that this
+        numbering reaches only later, which would hold back every event until it did."""
+        fixed = dict(resume)
+        for stream, seq in resume.items():
+            try:
+                if seq >= self._log.eventlog.next_seq(stream):
+                    log.info("a client resumed %s after seq %d, which this server never numbered: replaying "
+                             "from the start of its log", stream, seq)
+                    fixed[stream] = -1
+            except ConfigError:
+                pass  # the log cannot be read now: the replay itself waits (ReplayUnavailable)
+        return fixed
 
     async def _write(self, client: _Client) -> None:
         try:
@@ -476,6 +554,11 @@ class StreamServer:
                 request = json.loads(frame)
             except (ValueError, RecursionError) as error:
                 raise ProtocolError("bad_json", f"not valid JSON ({str(error)[:80]})") from error
+            if isinstance(request, dict) and request.get("type") in CONTROL_TYPES:
+                if self.control is None:
+                    raise ProtocolError("unavailable", "stream control is not available yet: retry in a moment")
+                client.session.reply(self.control.on_message(request))
+                return
             client.session.handle(request)
         except ProtocolError as error:
             client.errors += 1
@@ -493,6 +576,31 @@ class StreamServer:
             replayed=self._replayed + sum(c.replayed for c in sessions),
             largest_client_queue=max((c.queued for c in sessions), default=0),
         )
+
+
+class _LogAccess:
+    """``LogAccess`` (stream/delivery.py) over the server's log: each call on the server's loop."""
+
+    def __init__(self, server: StreamServer) -> None:
+        self._server = server
+
+    def _eventlog(self) -> EventLog:
+        return self._server._log.eventlog
+
+    def since(self, stream: str, after_seq: int, limit: int) -> list[StoredMessage]:
+        return self._server._on_loop(lambda: self._server._log.since(stream, after_seq, limit))  # type: ignore[no-any-return]
+
+    def cursors(self, sink: str) -> dict[str, int]:
+        return self._server._on_loop(lambda: self._eventlog().cursors(sink))  # type: ignore[no-any-return]
+
+    def save_cursors(self, sink: str, cursors: dict[str, int]) -> None:
+        self._server._on_loop(lambda: self._eventlog().save_cursors(sink, cursors))
+
+    def stored_heads(self) -> dict[str, int]:
+        return self._server._on_loop(lambda: self._eventlog().heads())  # type: ignore[no-any-return]
+
+    def count_since(self, stream: str, after_seq: int) -> int:
+        return self._server._on_loop(lambda: self._eventlog().count_since(stream, after_seq))  # type: ignore[no-any-return]
 
 
 def refusal_response(refused: Refusal) -> web.Response:

@@ -109,7 +109,7 @@ class StreamSession:
 
     def on_faces(self, ts: float, wall: int, observations: Sequence[FaceObservation],
                  clip: tuple[np.ndarray, float] | None = None, latency_ms: Mapping[str, float] | None = None,
-                 age_ms: float | None = None) -> list[StreamRecord]:
+                 age_ms: float | None = None, source_size: tuple[int, int] | None = None) -> list[StreamRecord]:
         """Face mode: the faces of this frame tracked and smoothed, the stream estimate built from the
         primary face (fused with CLIP's scores and sentiment when given), and what they complete."""
         if self._faces is None or self._face_config is None:
@@ -119,7 +119,7 @@ class StreamSession:
         if frame.primary is None or frame.primary_scores is None:
             values = np.zeros(len(self.labels))
             return out + self._emit(ts, wall, values, 0.0, None, EstimateState.NO_FACE, frame.faces,
-                                    list(frame.events), latency_ms, age_ms)
+                                    list(frame.events), latency_ms, age_ms, source_size=source_size)
         values = frame.primary_scores
         sentiment = sentiment_of(values)
         if clip is not None:
@@ -127,17 +127,20 @@ class StreamSession:
             values = fuse_with_clip(values, self._checked(clip[0], EMOTIONS, "CLIP"), weight)
             sentiment = (1.0 - weight) * sentiment + weight * _finite(clip[1])
         return out + self._emit(ts, wall, values, sentiment, self.labels[int(np.argmax(values))],
-                                frame.primary.state, frame.faces, list(frame.events), latency_ms, age_ms)
+                                frame.primary.state, frame.faces, list(frame.events), latency_ms, age_ms,
+                                primary=frame.primary.id, source_size=source_size)
 
     def _emit(self, ts: float, wall: int, values: np.ndarray, sentiment: float, dominant: str | None,
               state: EstimateState | None, faces: tuple[FaceEstimate, ...] | None, drafts: list[Draft],
-              latency_ms: Mapping[str, float] | None, age_ms: float | None) -> list[StreamRecord]:
+              latency_ms: Mapping[str, float] | None, age_ms: float | None,
+              primary: int | None = None, source_size: tuple[int, int] | None = None) -> list[StreamRecord]:
         self._last_ts = ts
         sentiment = float(np.clip(sentiment, -1.0, 1.0))
         estimate = Estimate(
             stream=self.stream_id, seq=self._seq.take(), ts=ts, wall=wall,
             scores={label: rounded(v) for label, v in zip(self.labels, values)}, sentiment=rounded(sentiment),
-            dominant=dominant, state=state, latency_ms=latency_ms, age_ms=age_ms, faces=faces,
+            dominant=dominant, state=state, latency_ms=latency_ms, age_ms=age_ms, faces=faces, primary=primary,
+            source_size=source_size,
         )
         drafts += self._episodes.update(ts, values)
         if dominant is not None:  # nobody in view: the dominant emotion neither shifts nor holds

@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from affectstream.errors import MissingExtraError, PipelineError
 from affectstream.stream.admission import Admission
+from affectstream.stream.control import NAME_RULE, STREAM_NAME
 from affectstream.stream.messages import Event, EventKind, StreamRecord
 from affectstream.stream.video_feed import VideoHub, VideoSettings
 from affectstream.stream.webrtc import DEFAULT_MAX_PEERS, SignalingError, WebRtcPeers, require_aiortc
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STREAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MJPEG_BOUNDARY = "frame"
 MJPEG_WRITE_TIMEOUT_S = 10.0  # a viewer that takes no bytes for this long is closed
 JSON_HEADERS = {"Cache-Control": "no-store"}
@@ -101,7 +100,7 @@ class VideoService:
             return _error(403, "this run takes no browser cameras: start it with --allow-browser-sources")
         name = request.path[len("/capture/"):]
         if not STREAM_NAME.fullmatch(name):
-            return _error(400, "a stream name is 1 to 64 letters, digits, '.', '_' or '-'")
+            return _error(400, NAME_RULE)
         pipeline = self._pipeline
         if pipeline is None:
             return _error(503, "the pipeline is still starting; retry in a moment")

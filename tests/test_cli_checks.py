@@ -4,6 +4,7 @@ no output file written (issue 12: checked arguments, early checks, honest exit s
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -36,7 +37,7 @@ CASES = [
     (["analyze", "{tmp}/x.mp4", "--bundle", "{tmp}/nobundle", "--faces", "off"], ExitStatus.NOTHING,
      "no such file"),
     (["run", "x.mp4", "--no-serve", "--show"], ExitStatus.USAGE, "pip install affectstream[gui]"),
-    (["run"], ExitStatus.USAGE, "give at least one SOURCE (a file, camera or URL), or --allow-browser-sources"),
+    (["run"], ExitStatus.USAGE, "give at least one SOURCE (a file, camera or URL), --config FILE, --keep-running"),
     (["run", "--allow-browser-sources", "--no-video"], ExitStatus.USAGE, "drop --no-serve and --no-video"),
     (["run", "x.mp4", "--video-lines", "10"], ExitStatus.USAGE, "--video-lines: 10 is out of range"),
     (["listen", "ws://127.0.0.1:9/ws", "--resume", "cam=later"], ExitStatus.USAGE, "--resume takes STREAM=SEQ"),
@@ -72,20 +73,31 @@ def test_mistakes_are_caught_early(argv: list[str], status: ExitStatus, message:
 
 
 def test_a_summary_is_never_replaced_silently(short_video: Path, tmp_path: Path) -> None:
+    # By default the outputs go beside the input (its directory is writable), not into the current one.
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    video = videos / short_video.name
+    shutil.copy(short_video, video)
+    here = tmp_path / "here"
+    here.mkdir()
+
     def analyze(*options: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "affectstream", "analyze", str(short_video), "--model",
-                               "tiny-random", "--faces", "off", *options], cwd=tmp_path, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "affectstream", "analyze", str(video), "--model",
+                               "tiny-random", "--faces", "off", *options], cwd=here, capture_output=True,
                               text=True, timeout=scaled(120))
 
     first = analyze()
     assert first.returncode == 0, first.stderr
-    default = tmp_path / f"{short_video.name}.affect.json"
+    default = videos / f"{video.name}.affect.json"
     written = default.read_text()
+    assert (videos / f"{video.name}.affect.html").is_file() and not list(here.iterdir())
+    assert str(default) in first.stderr  # the paths written are said
     # Through a pipe the summary is on stdout too (for `analyze x.mp4 | jq`).
     assert json.loads(first.stdout)["frames"] == json.loads(written)["frames"]
     second = analyze()
     assert second.returncode == 0 and default.read_text() == written
-    assert "writing" in second.stderr and (tmp_path / f"{short_video.name}.affect-1.json").is_file()
+    assert "writing" in second.stderr and (videos / f"{video.name}.affect-1.json").is_file()
+    assert (videos / f"{video.name}.affect-1.html").is_file()  # the report keeps its summary's number
     default.write_text("{}")
     assert analyze("--force").returncode == 0 and json.loads(default.read_text())["frames"] > 0
 

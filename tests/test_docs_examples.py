@@ -22,7 +22,10 @@ MEGAMIND = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
 SKIPPED = {
     "affectstream run cam=0": "needs a webcam and an RTSP camera on the LAN",
     "affectstream run talk.mp4 --out talk.jsonl --show": "opens a window (the GUI extra); run without --show below",
+    "affectstream run --allow-browser-sources": "waits for browser cameras until stopped; tests/test_webrtc.py "
+                                                "and tests/test_video_browser.py run it with a camera",
     "affectstream analyze https://host/talk.mp4": "needs a web server; tests/test_http_sources.py serves one",
+    "affectstream analyze videos/": "needs a directory of videos; tests/test_analyze_many.py analyses one",
     "affectstream listen ws://127.0.0.1:8765/": "needs a running server; tests/test_listen.py runs one",
     "affectstream extract /data/mosei": "needs CMU-MOSEI",
     "bash scripts/setup.sh": "is what CI runs before this test",
@@ -114,6 +117,11 @@ CLI_SKIPPED = {
     "affectstream build-engine zs-b32 --backend compile": "torch.compile warms for minutes on 2 cores "
                                                           "(tests/test_compiled.py covers it)",
     "affectstream bench": "the benchmark itself (tests/test_bench.py runs a quick one)",
+    "affectstream run --allow-browser-sources": "waits for browser cameras until stopped (tests/test_webrtc.py, "
+                                                "tests/test_video_browser.py)",
+    "affectstream run talk.mp4 --video-lines": "lingers a minute after the file (tests/test_dashboard_browser.py "
+                                               "runs --linger)",
+    "affectstream streams": "needs a running server; tests/test_stream_control.py runs each against one",
 }
 
 

@@ -19,6 +19,7 @@ from tests.timeouts import scaled
 ROOT = Path(__file__).parent.parent
 SCHEMAS = ROOT / "stream" / "schemas"
 CLIENT_TYPES = ("subscribe", "unsubscribe", "resume")
+CHANNEL_TYPES = ("clock",)  # WebRTC data channel messages (docs/protocol.md "Video")
 
 
 def validator(message: dict[str, Any]) -> Draft202012Validator:
@@ -39,18 +40,22 @@ def doc_examples() -> list[dict[str, Any]]:
 
 def test_every_schema_is_valid_draft_2020_12() -> None:
     names = sorted(p.name for p in SCHEMAS.glob("*.json"))
-    assert len(names) == 12
+    assert len(names) == 14
     for path in SCHEMAS.glob("*.json"):
         Draft202012Validator.check_schema(json.loads(path.read_text()))
 
 
 def test_every_message_type_has_a_valid_documented_example() -> None:
+    from affectstream.stream.messages import parse_message
+
     examples = doc_examples()
     for example in examples:
         assert_valid(example)
+        if example["type"] not in CLIENT_TYPES + CHANNEL_TYPES:
+            parse_message(example)  # what the Python client (affectstream.client) reads
     documented = {e["type"] for e in examples}
     server_types = {t.value for t in MessageType} | {"lagged", "error", "subscribed"}
-    assert documented == server_types | set(CLIENT_TYPES)
+    assert documented == server_types | set(CLIENT_TYPES) | set(CHANNEL_TYPES)
 
 
 def test_schemas_reject_what_breaks_the_contract() -> None:

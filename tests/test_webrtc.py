@@ -24,6 +24,7 @@ from affectstream.stream.video_feed import VideoSettings
 from affectstream.stream.video_routes import VideoService
 from affectstream.stream.webrtc import read_stamp, rtp_origin
 from tests._server_helpers import make_hello
+from tests.test_protocol_schemas import assert_valid
 from tests.timeouts import scaled
 
 aiortc = pytest.importorskip("aiortc", reason="aiortc is the video extra: pip install affectstream[video]")
@@ -183,6 +184,8 @@ def test_a_viewer_gets_the_stream_with_its_media_time_and_scaled(served: tuple[S
     asyncio.run(scenario())
     assert watcher.status == 200
     clock = watcher.clocks[-1]
+    for message in watcher.clocks:
+        assert_valid(message)  # stream/schemas/clock.json
     assert clock["source_size"] == [720, 528] and clock["clock_rate"] == 90000
     assert clock["video_size"] == [490, 360] and (490, 360) in watcher.sizes  # at most 360 lines, even sizes
     # Every frame's RTP timestamp minus the announced origin is the media time of a frame that was fed.
