@@ -114,22 +114,27 @@ def annotate_file(path: str, input_uri: str, others: list[tuple[str, Path]]) -> 
 
 def record_directory(path: str) -> Path:
     """``--record DIR``: a writable directory, or one that can be made in a writable one (made at the start)."""
+    return writable_directory(path, "--record")
+
+
+def writable_directory(path: str, option: str) -> Path:
+    """A writable directory, or one that can be made in a writable one; ConfigError naming ``option``."""
     target = Path(path)
     try:
         if target.exists() and not target.is_dir():
-            raise ConfigError(f"--record {path} is a file: give a directory (it is made if it does not exist)")
+            raise ConfigError(f"{option} {path} is a file: give a directory (it is made if it does not exist)")
         if target.is_dir():
             if not os.access(target, os.W_OK | os.X_OK):
-                raise ConfigError(f"--record {path}: not writable here; pick another directory")
+                raise ConfigError(f"{option} {path}: not writable here; pick another directory")
             return target
         parent = target.parent if str(target.parent) else Path(".")
         if not parent.is_dir():
-            raise ConfigError(f"--record {path}: the directory {parent} does not exist; create it or pick "
+            raise ConfigError(f"{option} {path}: the directory {parent} does not exist; create it or pick "
                               "another path")
         if not os.access(parent, os.W_OK | os.X_OK):
-            raise ConfigError(f"--record {path}: cannot be made in {parent} (not writable); pick another path")
+            raise ConfigError(f"{option} {path}: cannot be made in {parent} (not writable); pick another path")
     except OSError as error:  # a name too long for the file system
-        raise ConfigError(f"--record {path}: {error.strerror or error}; pick another path") from None
+        raise ConfigError(f"{option} {path}: {error.strerror or error}; pick another path") from None
     return target
 
 
@@ -257,23 +262,7 @@ def preflight_analyze(args: argparse.Namespace, inputs: list[Any], plans: list[A
 
 def out_directory(path: str) -> Path:
     """``--out-dir DIR``: a writable directory, or one that can be made in a writable one (made when written)."""
-    target = Path(path)
-    try:
-        if target.exists() and not target.is_dir():
-            raise ConfigError(f"--out-dir {path} is a file: give a directory (it is made if it does not exist)")
-        if target.is_dir():
-            if not os.access(target, os.W_OK | os.X_OK):
-                raise ConfigError(f"--out-dir {path}: not writable here; pick another directory")
-            return target
-        parent = target.parent if str(target.parent) else Path(".")
-        if not parent.is_dir():
-            raise ConfigError(f"--out-dir {path}: the directory {parent} does not exist; create it or pick "
-                              "another path")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise ConfigError(f"--out-dir {path}: cannot be made in {parent} (not writable); pick another path")
-    except OSError as error:  # a name too long for the file system
-        raise ConfigError(f"--out-dir {path}: {error.strerror or error}; pick another path") from None
-    return target
+    return writable_directory(path, "--out-dir")
 
 
 def _distinct_outputs(outputs: list[tuple[str, Path]], inputs: list[str]) -> None:
