@@ -174,6 +174,8 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
     pipeline = Pipeline(sources, engine.encoder, engine.head, sink, engine.labels, config,
                         first_seqs=first_seqs, faces=engine.faces, allow_empty=_keeps_running(args))
     streams.append(pipeline)
+    if delivery is not None:
+        pipeline.sink_lags = delivery.lags_of
     reloader = _control(args, server, pipeline, run_config)
     if video is not None:
         video.attach(pipeline)

@@ -31,13 +31,13 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from affectstream.stream.brokers import DeliveryError, Outbound, SinkSpec, Transport, open_transport
 from affectstream.stream.eventlog import EventLogWriteError, StoredMessage, kept
-from affectstream.stream.messages import MessageType, Record, StreamRecord
+from affectstream.stream.messages import MessageType, Record, SinkLag, StreamRecord
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class SinkStatus:
     failures: int  # batches that failed
     live_dropped: int  # unstored messages (stats...) dropped while it could not keep up
     error: str | None = None
+    lags: Mapping[str, int] = field(default_factory=dict)  # per stream it is behind on (-1: unknown)
 
 
 class SinkOutbox:
@@ -200,14 +201,15 @@ class SinkWorker:
         with self._lock:
             behind = {s: self._outbox.cursors.get(s, -1) for s in self._outbox.behind()}
             dropped = self._outbox.live_dropped
-        lag = 0
+        lags: dict[str, int] = {}
         for stream, cursor in behind.items():
             try:
-                lag += self._access.count_since(stream, cursor)
+                lags[stream] = self._access.count_since(stream, cursor)
             except Exception:  # the log cannot be read now: the lag is unknown, not zero
-                lag = -1
-                break
-        return SinkStatus(self.spec.name, self._state, lag, self._delivered, self._failures, dropped, self._error)
+                lags[stream] = -1
+        lag = -1 if -1 in lags.values() else sum(lags.values())
+        return SinkStatus(self.spec.name, self._state, lag, self._delivered, self._failures, dropped, self._error,
+                          lags)
 
     def close(self, timeout: float) -> None:
         """Deliver what is waiting for up to ``timeout`` s (a broker that is down gets no more), then stop."""
@@ -287,6 +289,7 @@ class Delivery:
                  transport_factory: Callable[[SinkSpec], Transport] = open_transport) -> None:
         self._estimates_stored = estimates_stored
         self.workers = [SinkWorker(spec, access, estimates_stored, transport_factory) for spec in specs]
+        self._snapshot = [SinkStatus(spec.name, SinkState.STARTING, 0, 0, 0, 0) for spec in specs]
 
     def start(self) -> None:
         for worker in self.workers:
@@ -300,7 +303,15 @@ class Delivery:
             worker.on_messages(stored, live)
 
     def statuses(self) -> list[SinkStatus]:
-        return [worker.status() for worker in self.workers]
+        """Each sink's state now (reads the log: the server's loop calls it every few seconds); also
+        kept for ``lags_of``."""
+        statuses = [worker.status() for worker in self.workers]
+        self._snapshot = statuses
+        return statuses
+
+    def lags_of(self, stream: str) -> tuple[SinkLag, ...]:
+        """Each sink's state and lag for ``stream``, as last seen (for its stats; never waits)."""
+        return tuple(SinkLag(s.name, s.state.value, s.lags.get(stream, 0)) for s in self._snapshot)
 
     def close(self, timeout: float = 5.0) -> None:
         for worker in self.workers:

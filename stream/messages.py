@@ -303,6 +303,19 @@ class StatsFields:
     batch_size: float = 0.0
     latency_ms: Mapping[str, float] | None = None
     stage_ms: Mapping[str, Mapping[str, float]] | None = None
+    sinks: tuple[SinkLag, ...] | None = None  # --sink: each sink's state and how far behind this stream it is
+
+
+@dataclass(frozen=True)
+class SinkLag:
+    """One sink as a stream's ``stats`` report it: its state and this stream's messages it has not sent."""
+
+    name: str
+    state: str
+    lag: int  # -1: unknown now
+
+    def to_wire(self) -> Wire:
+        return {"name": self.name, "state": self.state, "lag": self.lag}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -316,7 +329,8 @@ class Stats(StreamRecord):
                 "frames_sampled": f.frames_sampled, "estimates": f.estimates, "drops": f.drops,
                 "queue_depth": f.queue_depth, "batch_size": f.batch_size,
                 "latency_ms": dict(f.latency_ms or {}),
-                "stage_ms": {stage: dict(values) for stage, values in (f.stage_ms or {}).items()}}
+                "stage_ms": {stage: dict(values) for stage, values in (f.stage_ms or {}).items()},
+                **({"sinks": [sink.to_wire() for sink in f.sinks]} if f.sinks is not None else {})}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -715,7 +729,15 @@ def _stats(f: _Fields) -> Stats:
         queue_depth=optional(f.opt_integer("queue_depth"), default.queue_depth),
         batch_size=optional(f.opt_number("batch_size"), default.batch_size),
         latency_ms=f.numbers("latency_ms"),
-        stage_ms={str(stage): {str(k): float(v) for k, v in values.items()} for stage, values in stages.items()}))
+        stage_ms={str(stage): {str(k): float(v) for k, v in values.items()} for stage, values in stages.items()},
+        sinks=_sink_lags(f)))
+
+
+def _sink_lags(f: _Fields) -> tuple[SinkLag, ...] | None:
+    listed = f.each("sinks", optional=True)
+    if listed is None:
+        return None
+    return tuple(SinkLag(name=s.text("name"), state=s.text("state"), lag=s.integer("lag")) for _, s in listed)
 
 
 def _hello(f: _Fields) -> Hello:

@@ -28,6 +28,7 @@ pipeline runs (a thread iterating it keeps the one it took), and ``_lock`` order
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -45,7 +46,7 @@ from affectstream.stream.batcher import BatchConfig, BatchQueue, split_waves
 from affectstream.stream.face_session import FaceConfig
 from affectstream.stream.frames import SourceEvent, SourceState, VideoFrame
 from affectstream.stream.grabber import Grabber, RingModes
-from affectstream.stream.messages import StreamRecord, wall_ms
+from affectstream.stream.messages import SinkLag, StreamRecord, wall_ms
 from affectstream.stream.pacing import PacedSource
 from affectstream.stream.ring import DEFAULT_MAX_BYTES, RingBuffer
 from affectstream.stream.sampler import DEFAULT_FILE_RATE_HZ, DEFAULT_LIVE_RATE_HZ, MediaTimeSampler
@@ -232,6 +233,8 @@ class Pipeline:
         # annotated video (stream/recording.py). Called before a sampled frame is queued, so its estimate
         # always comes after it; it may block a file's pump (back-pressure), never a live one's.
         self.on_decoded: Callable[[VideoFrame, bool, bool], None] | None = None
+        # --sink: each sink's state and lag for a stream, for its stats (stream/delivery.py; a snapshot).
+        self.sink_lags: Callable[[str], tuple[SinkLag, ...]] | None = None
 
     @property
     def stream_ids(self) -> list[str]:
@@ -645,6 +648,8 @@ class Pipeline:
                     dropped=counters.overwritten + runtime.dropped_in_flight,
                     queue_depth=len(runtime.ring) + self._batches.pending,
                 )
+                if self.sink_lags is not None:  # a snapshot: the emitter never waits on a sink
+                    fields = dataclasses.replace(fields, sinks=self.sink_lags(runtime.stream_id))
                 records.append(runtime.session.stats(runtime.last_ts, wall_ms(), fields))
         self._write(records)
 

@@ -206,6 +206,13 @@ def test_brokers_and_a_webhook_that_go_away_for_10_s_lose_nothing(
     outage = [m for m in lines if m["type"] == "estimate" and down_at < m["wall"] / 1000 < up_at]
     assert len(outage) >= 10, "estimates kept flowing while the brokers were away"
 
+    sinks_in_stats = [s for m in lines if m["type"] == "stats" for s in m.get("sinks", [])]
+    assert {s["name"] for s in sinks_in_stats} == {f"mqtt://127.0.0.1:{mosquitto.port}/affect",
+                                                   f"redis://127.0.0.1:{redis_server.port}/0?stream=affect",
+                                                   f"http://127.0.0.1:{hooks.server_address[1]}/hook"}
+    down = [s for s in sinks_in_stats if s["state"] == "down"]
+    assert down and max(s["lag"] for s in down) > 0, "the stats told of the sinks down and behind"
+
     _check_consumer("mqtt", consumer.messages, expected, walls, window)
     entries = redis.Redis(port=redis_server.port).xrange("affect", "-", "+")
     _check_consumer("redis", [json.loads(fields[b"message"]) for _, fields in entries], expected, walls, window)

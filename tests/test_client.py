@@ -96,7 +96,9 @@ def records(canonical: bool) -> st.SearchStrategy[Record]:
         st.builds(Stats, **header, fields=st.builds(
             StatsFields, input_fps=number(), sampled_fps=number(), frames_in=count, frames_sampled=count,
             estimates=count, drops=count, queue_depth=count, batch_size=number(), latency_ms=numbers,
-            stage_ms=st.dictionaries(NAME, numbers, max_size=3))),
+            stage_ms=st.dictionaries(NAME, numbers, max_size=3),
+            sinks=maybe(st.lists(st.builds(messages.SinkLag, name=NAME, state=st.sampled_from(["up", "down"]),
+                                           lag=st.integers(-1, 10**6)), max_size=2).map(tuple)))),
         st.builds(Hello, labels=st.lists(NAME, max_size=7).map(tuple), model=st.dictionaries(TEXT, JSON, max_size=3),
                   streams=st.lists(NAME, max_size=4).map(tuple), wall=st.integers(0, 2**53), server=TEXT,
                   protocol=st.integers(1, 9)),
