@@ -15,7 +15,7 @@ from tests.timeouts import scaled
 
 ROOT = Path(__file__).resolve().parents[1]
 SUGGESTION = re.compile(r"`affectstream ([^`]+)`")
-NESTED = {"bundle": ("create", "inspect"), "models": ("fetch", "list")}
+NESTED = {"bundle": ("create", "inspect"), "models": ("fetch", "list"), "streams": ("list", "add", "remove")}
 
 
 def suggestions() -> list[str]:
