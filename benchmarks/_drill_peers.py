@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _proc import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 AFFECTSTREAM = (sys.executable, "-m", "affectstream")
 TRACEBACK = "Traceback (most recent call last)"
@@ -32,12 +34,6 @@ RTSP_SCRIPT = REPO / "tests" / "rtsp_server.py"
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ ([\w.]+):")
 
 Message = dict[str, Any]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def has_traceback(text: str) -> bool:

@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _proc import free_port, loadavg, machine_ticks
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
@@ -83,20 +84,6 @@ def pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(np.asarray(values, dtype=np.float64), q)), 1) if values else None
 
 
-def loadavg() -> str:
-    with open("/proc/loadavg") as file:
-        return " ".join(file.read().split()[:3])
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs; iowait counts as idle, steal as busy (someone else's)."""
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    idle = values[3] + values[4]
-    total = sum(values[:8])
-    return total - idle, total
-
-
 def process_cpu_s(pid: int) -> float:
     """utime + stime of a live process (all its threads)."""
     try:
@@ -106,13 +93,6 @@ def process_cpu_s(pid: int) -> float:
         return math.nan
     fields = text[text.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_port(port: int, seconds: float = 15) -> None:

@@ -38,7 +38,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,8 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from _proc import free_port, loadavg, machine_ticks
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
@@ -137,20 +138,6 @@ def memory_mb(pid: int) -> tuple[float, float]:
     return values.get("VmRSS", math.nan), values.get("VmHWM", math.nan)
 
 
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs; iowait counts as idle, steal as busy (someone else's)."""
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    idle = values[3] + values[4]
-    total = sum(values[:8])
-    return total - idle, total
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg") as file:
-        return " ".join(file.read().split()[:3])
-
-
 # -- input and server ---------------------------------------------------------------------------------
 
 
@@ -179,13 +166,6 @@ def probe_duration(path: Path) -> float:
     out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
                           str(path)], check=True, capture_output=True, text=True).stdout
     return float(out.strip())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def start_server(video: Path, port: int, log_path: Path, extra: list[str]) -> subprocess.Popen[bytes]:

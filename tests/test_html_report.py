@@ -6,12 +6,9 @@ reads. A screenshot is kept (tmp_path, and $AFFECTSTREAM_TEST_ARTIFACTS when set
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -26,14 +23,12 @@ from affectstream.stream.report import AnalysisSettings, FileAnalysis, FileRepor
 from affectstream.stream.sources import DamageKind, DamageSpan, SourceConfig, SourceDamage
 from affectstream.stream.thumbnails import Shot, thumbnails
 from tests import media
+from tests._browser import save_screenshot
 from tests.timeouts import scaled
 
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 MEGAMIND = OPENCV_DATA / "Megamind.avi"
 MEGAMIND_BUGY = OPENCV_DATA / "Megamind_bugy.avi"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 needs_footage = pytest.mark.skipif(not MEGAMIND.exists() or not MEGAMIND_BUGY.exists(),
                                    reason="Debian's opencv-doc is not installed")
 
@@ -79,27 +74,6 @@ def megamind_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dic
     out = tmp_path_factory.mktemp("megamind") / "out"
     summary = analyze(MEGAMIND, out)
     return out / "Megamind.avi.affect.html", summary
-
-
-@pytest.fixture()
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian's chromium")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download)")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-def save_screenshot(page: Any, tmp_path: Path, name: str) -> Path:
-    path = tmp_path / name
-    page.screenshot(path=str(path), full_page=True)
-    artifacts = os.environ.get("AFFECTSTREAM_TEST_ARTIFACTS")
-    if artifacts:
-        Path(artifacts).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(artifacts) / name)
-    return path
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ import pytest
 from affectstream.errors import ConfigError
 from affectstream.stream.control import ControlError, StreamRequest, stream_request
 from affectstream.stream.stream_config import changes, read_config
+from tests._browser import save_screenshot
 from tests._cli_process import CliProcess
 from tests.test_protocol_schemas import assert_valid
 from tests.timeouts import scaled
@@ -191,39 +192,32 @@ def test_sighup_re_reads_the_config_and_touches_only_what_changed(tmp_path: Path
 
 
 @pytest.mark.slow
-def test_the_dashboard_adds_and_stops_a_stream_and_shows_its_sinks(tmp_path: Path, long_talk: Path) -> None:
-    from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, save_screenshot
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian's chromium")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+def test_the_dashboard_adds_and_stops_a_stream_and_shows_its_sinks(tmp_path: Path, long_talk: Path,
+                                                                   browser: Any) -> None:
     out = tmp_path / "run.jsonl"
     run = CliProcess(["run", f"one={long_talk}", "--port", "0", "--quiet", "--out", str(out), "--rate", "1",
                       "--faces", "off", "--model", "tiny-random", "--no-video", "--duration", "40",
                       "--sink", f"jsonl:{tmp_path / 'sink.jsonl'}"], tmp_path)
     try:
         port = run.port()
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_selector("#sinks:not([hidden])", timeout=scaled(15) * 1000)
-            assert "up" in page.inner_text("#sinks") or "starting" in page.inner_text("#sinks")
-            page.fill("#add-stream input[name=name]", "extra")
-            page.fill("#add-stream input[name=uri]", str(long_talk))
-            page.click("#add-stream button")
-            page.wait_for_selector('.stream[data-stream="extra"]', timeout=scaled(20) * 1000)
-            page.fill("#add-stream input[name=name]", "extra")
-            page.fill("#add-stream input[name=uri]", str(long_talk))
-            page.click("#add-stream button")
-            page.wait_for_selector('#control-status[data-error="1"]', timeout=scaled(10) * 1000)
-            assert "is running" in page.inner_text("#control-status")
-            _wait_for(lambda: _events(_lines(out), "extra", "stream_started"), 20)
-            page.click('.stream[data-stream="extra"] button.stop')
-            page.wait_for_selector('.stream[data-stream="extra"][data-ended]', timeout=scaled(20) * 1000)
-            save_screenshot(page, tmp_path, "dashboard-control.png")
-            assert not page.is_visible('.stream[data-stream="extra"] button.stop')
-            browser.close()
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("#sinks:not([hidden])", timeout=scaled(15) * 1000)
+        assert "up" in page.inner_text("#sinks") or "starting" in page.inner_text("#sinks")
+        page.fill("#add-stream input[name=name]", "extra")
+        page.fill("#add-stream input[name=uri]", str(long_talk))
+        page.click("#add-stream button")
+        page.wait_for_selector('.stream[data-stream="extra"]', timeout=scaled(20) * 1000)
+        page.fill("#add-stream input[name=name]", "extra")
+        page.fill("#add-stream input[name=uri]", str(long_talk))
+        page.click("#add-stream button")
+        page.wait_for_selector('#control-status[data-error="1"]', timeout=scaled(10) * 1000)
+        assert "is running" in page.inner_text("#control-status")
+        _wait_for(lambda: _events(_lines(out), "extra", "stream_started"), 20)
+        page.click('.stream[data-stream="extra"] button.stop')
+        page.wait_for_selector('.stream[data-stream="extra"][data-ended]', timeout=scaled(20) * 1000)
+        save_screenshot(page, tmp_path, "dashboard-control.png")
+        assert not page.is_visible('.stream[data-stream="extra"] button.stop')
     finally:
         run.process.send_signal(signal.SIGINT)
         status = run.finish()

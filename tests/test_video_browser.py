@@ -29,7 +29,8 @@ from typing import Any
 
 import pytest
 
-from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, save_screenshot, serving
+from tests._browser import CHROMIUM, CHROMIUM_ARGS, save_screenshot
+from tests.test_dashboard_browser import serving
 from tests.timeouts import scaled
 
 MEGAMIND = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
