@@ -38,6 +38,7 @@ any thread. ``watch``, viewers' ``next`` and the encoder tasks belong to the loo
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import concurrent.futures
 import enum
@@ -447,7 +448,7 @@ class _Channel(Generic[T]):
         self.errors = 0
 
 
-class Viewer(Generic[T]):
+class Viewer(abc.ABC, Generic[T]):
     """One viewer's cursor on one stream's output. ``close()`` (or leaving ``with``) unregisters it;
     closing twice is harmless. ``next()`` returns None once the stream ended or the viewer closed."""
 
@@ -501,8 +502,9 @@ class Viewer(Generic[T]):
                     self.delivered += 1
                     return item
 
+    @abc.abstractmethod
     def _accept(self, item: T) -> bool:
-        raise NotImplementedError
+        """Whether this viewer takes ``item`` (its kind's rule: VP8 keeps decodable chains, JPEG any)."""
 
 
 class PacketViewer(Viewer[EncodedVideo]):
