@@ -322,8 +322,7 @@ def _control(args: argparse.Namespace, server: StreamServer | None, pipeline: Pi
     SIGHUP; the reloader, when there is a file to re-read."""
     from affectstream.stream.control import Controller
 
-    first_seq = server.next_seq if server is not None else (lambda name: 0)
-    controller = Controller(pipeline, first_seq)
+    controller = Controller(pipeline, server.next_seq if server is not None else None)
     if server is not None:
         server.attach_control(controller)
     if run_config is None:

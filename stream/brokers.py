@@ -22,7 +22,6 @@ and ``streams=a,b`` (only these streams).
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import hashlib
 import hmac
@@ -35,7 +34,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from affectstream.errors import AffectstreamError, ConfigError, MissingExtraError
@@ -98,24 +97,15 @@ class Transport(Protocol):
 
 def parse_sink(url: str) -> SinkSpec:
     """The sink a ``--sink`` URL names; ConfigError with what to write instead for a mistake."""
-    spec = _parse_sink(url)
-    streams = parse_qs(urlsplit(url).query if not url.startswith("jsonl:") else url.partition("?")[2]).get("streams")
-    if streams:
-        names = frozenset(n.strip() for n in streams[-1].split(",") if n.strip())
-        return dataclasses.replace(spec, streams=names or None)
-    return spec
-
-
-def _parse_sink(url: str) -> SinkSpec:
+    parts = urlsplit(url)
+    filters = _filters(parts.query, url)  # types=, estimate_hz=, streams=: every kind takes them
     if url.startswith("jsonl:"):
-        path = url[len("jsonl:"):].split("?", 1)[0]
+        path = parts.path
         if not path:
             raise ConfigError("--sink jsonl:PATH needs a file path, e.g. jsonl:events.jsonl")
-        return SinkSpec(url, f"jsonl:{path}", SinkKind.JSONL, *_filters(urlsplit(url).query, url), path=path)
-    parts = urlsplit(url)
+        return SinkSpec(url, f"jsonl:{path}", SinkKind.JSONL, path=path, **filters)
     scheme = parts.scheme.lower()
     query = parse_qs(parts.query)
-    types, estimate_hz = _filters(parts.query, url)
     try:
         port = parts.port
     except ValueError:
@@ -124,35 +114,46 @@ def _parse_sink(url: str) -> SinkSpec:
         raise ConfigError(f"--sink {_safe(url)}: give a host, e.g. mqtt://127.0.0.1/affect, "
                           "redis://127.0.0.1/0?stream=affect, https://hooks.example/affect or jsonl:PATH")
     host = parts.hostname
-    user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
+    login = _Login(username=unquote(parts.username) if parts.username else None,
+                   password=unquote(parts.password) if parts.password else None)
     if scheme in ("mqtt", "mqtts"):
         prefix = parts.path.strip("/")
         if not prefix or "+" in prefix or parts.fragment or url.endswith("#"):  # '#' starts a URL's fragment
             raise ConfigError(f"--sink {_safe(url)}: give a topic prefix without + or #, e.g. mqtt://{host}/affect")
         port = port or (8883 if scheme == "mqtts" else 1883)
-        return SinkSpec(url, f"{scheme}://{host_port(host, port)}/{prefix}", SinkKind.MQTT, types, estimate_hz,
-                        host, port, prefix, user, password, scheme == "mqtts")
+        return SinkSpec(url, f"{scheme}://{host_port(host, port)}/{prefix}", SinkKind.MQTT, host=host, port=port,
+                        path=prefix, tls=scheme == "mqtts", **login, **filters)
     if scheme in ("redis", "rediss"):
         key = query.get("stream", ["affectstream"])[-1]
         db_text = parts.path.strip("/") or "0"
         if not db_text.isdigit():
             raise ConfigError(f"--sink {_safe(url)}: the path is the Redis database number, e.g. redis://{host}/0")
-        maxlen = _integer(query, "maxlen", DEFAULT_REDIS_MAXLEN, url)
         port = port or 6379
-        return SinkSpec(url, f"{scheme}://{host_port(host, port)}/{db_text}?stream={key}", SinkKind.REDIS, types,
-                        estimate_hz, host, port, key, user, password, scheme == "rediss", int(db_text), maxlen)
+        return SinkSpec(url, f"{scheme}://{host_port(host, port)}/{db_text}?stream={key}", SinkKind.REDIS,
+                        host=host, port=port, path=key, tls=scheme == "rediss", db=int(db_text),
+                        maxlen=_integer(query, "maxlen", DEFAULT_REDIS_MAXLEN, url), **login, **filters)
     if scheme in ("http", "https"):
         port = port or (443 if scheme == "https" else 80)
-        secret_env = query.get("secret_env", ["AFFECTSTREAM_WEBHOOK_SECRET"])[-1]
-        return SinkSpec(url, f"{scheme}://{host_port(host, port)}{parts.path or '/'}", SinkKind.WEBHOOK, types,
-                        estimate_hz, host, port, parts.path or "/", user, password, scheme == "https",
-                        secret_env=secret_env)
+        return SinkSpec(url, f"{scheme}://{host_port(host, port)}{parts.path or '/'}", SinkKind.WEBHOOK,
+                        host=host, port=port, path=parts.path or "/", tls=scheme == "https",
+                        secret_env=query.get("secret_env", ["AFFECTSTREAM_WEBHOOK_SECRET"])[-1], **login, **filters)
     raise ConfigError(f"--sink {_safe(url)}: the scheme is mqtt://, mqtts://, redis://, rediss://, http://, "
                       "https:// or jsonl:PATH")
 
 
-def _filters(query_text: str, url: str) -> tuple[frozenset[str], float | None]:
+class _Login(TypedDict):
+    username: str | None
+    password: str | None
+
+
+class _Filters(TypedDict):
+    types: frozenset[str]
+    estimate_hz: float | None
+    streams: frozenset[str] | None
+
+
+def _filters(query_text: str, url: str) -> _Filters:
+    """What goes to a sink: ``types``, ``estimate_hz`` and ``streams`` (SinkSpec's fields of these names)."""
     query = parse_qs(query_text)
     types = DEFAULT_TYPES
     if "types" in query:
@@ -169,7 +170,8 @@ def _filters(query_text: str, url: str) -> tuple[frozenset[str], float | None]:
         if not math.isfinite(estimate_hz) or estimate_hz <= 0:
             raise ConfigError(f"--sink {_safe(url)}: estimate_hz= is a number of estimates per second > 0, "
                               "e.g. estimate_hz=1 (leave estimates out with types=)")
-    return types, estimate_hz
+    names = frozenset(n.strip() for n in query.get("streams", [""])[-1].split(",") if n.strip())
+    return _Filters(types=types, estimate_hz=estimate_hz, streams=names or None)
 
 
 def _integer(query: dict[str, list[str]], key: str, default: int, url: str) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -99,7 +100,7 @@ def stream_request(body: Any) -> StreamRequest:
 class Controller:
     """The rules of stream control over a running pipeline."""
 
-    def __init__(self, target: ControlTarget, first_seq: Any = None) -> None:
+    def __init__(self, target: ControlTarget, first_seq: Callable[[str], int] | None = None) -> None:
         self._target = target
         self._first_seq = first_seq or (lambda name: 0)  # the event log's next seq for a name
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from affectstream.stream.brokers import DeliveryError, Outbound, SinkSpec, Transport, open_transport
-from affectstream.stream.eventlog import EventLogWriteError, StoredMessage, kept
+from affectstream.stream.eventlog import StoredMessage, kept
 from affectstream.stream.messages import MessageType, Record, SinkLag, StreamRecord
 
 log = logging.getLogger(__name__)
@@ -91,11 +91,9 @@ class SinkOutbox:
         self.spec = spec
         self.estimates_stored = estimates_stored  # the log keeps estimates: they come from it, not live
         self.cursors = dict(cursors)  # per stream: highest seq delivered or decided (thinned)
-        # A sink seen for the first time starts at the log's end: live from now, not its whole history.
-        fresh = not cursors
         self.heads = {s: seq for s, seq in heads.items() if spec.streams is None or s in spec.streams}
-        if fresh:
-            self.cursors = dict(heads)
+        if not cursors:  # a sink seen for the first time starts at the log's end, not its whole history
+            self.cursors = dict(self.heads)
         self._last_estimate_ts: dict[str, float] = {}
         self._pending_ts: dict[str, float] = {}  # what _last_estimate_ts becomes once the chosen batch is taken
         self.live: collections.deque[Outbound] = collections.deque()
@@ -278,7 +276,7 @@ class SinkWorker:
     def _save(self, cursors: dict[str, int]) -> None:
         try:
             self._access.save_cursors(self.spec.name, cursors)
-        except (EventLogWriteError, Exception) as error:  # kept in memory; a restart may send some again
+        except Exception as error:  # EventLogWriteError, or the loop gone: kept in memory; a restart may resend
             log.debug("sink %s: its cursor is not stored now: %s", self.spec.name, error)
 
 

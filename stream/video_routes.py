@@ -67,7 +67,7 @@ class VideoService:
         server.mount("/capture/", self._capture)
 
     def attach(self, pipeline: Pipeline) -> None:
-        """Frames of every stream go to the hub; a stream's end ends its video."""
+        """The pipeline that browser cameras join and whose streams the routes know."""
         self._pipeline = pipeline
 
     def on_decoded(self, frame: Any, sampled: bool, live: bool) -> None:
