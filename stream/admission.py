@@ -100,6 +100,7 @@ class Admission:
         return Refusal(http.HTTPStatus.FORBIDDEN, f"Origin {origin} is not allowed: start the server with "
                                                   f"--allow-origin {origin}\n")
 
-    def check(self, headers: Mapping[str, str], path: str, query: str) -> Refusal | None:
-        """Host, then token, then Origin: what every route but the dashboard's own files needs."""
-        return self.check_host(headers, path) or self.check_token(headers, query) or self.check_origin(headers)
+    def check_client(self, headers: Mapping[str, str], query: str) -> Refusal | None:
+        """Token, then Origin: what the websocket and every mounted route need once the server has
+        checked the Host of the request (every request, first)."""
+        return self.check_token(headers, query) or self.check_origin(headers)

@@ -164,7 +164,7 @@ class ControlRoutes:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         from aiohttp import web
 
-        refused = self._admission.check(request.headers, request.path, request.query_string)
+        refused = self._admission.check_client(request.headers, request.query_string)
         if refused is not None:
             return _error(int(refused.status), refused.text.strip())
         if self.controller is None:

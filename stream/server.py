@@ -422,8 +422,7 @@ class StreamServer:
         return self._http(request)
 
     def _websocket_refusal(self, request: web.Request) -> Refusal | None:
-        refused = self.admission.check_token(request.headers, request.query_string) \
-            or self.admission.check_origin(request.headers)
+        refused = self.admission.check_client(request.headers, request.query_string)
         if refused is not None:
             return refused
         try:

@@ -168,7 +168,7 @@ class VideoService:
             response.headers["Allow"] = method if method != "GET" else "GET, HEAD"
             return response
         assert self._admission is not None, "mount() before serving"
-        refused = self._admission.check(request.headers, request.path, request.query_string)
+        refused = self._admission.check_client(request.headers, request.query_string)
         return None if refused is None else _error(int(refused.status), refused.text.strip())
 
     async def _negotiate(self, request: web.Request, answer: Callable[[dict[str, Any]], Any]) -> web.StreamResponse:
