@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import socket
 
 
@@ -24,3 +25,12 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (what platform says where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"

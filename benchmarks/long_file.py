@@ -43,6 +43,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from _proc import cpu_model
+
 MEGAMIND = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
 BOUND = 1.5
 CHECKPOINTS = (0.10, 0.25, 0.50, 0.75, 0.90)
@@ -184,12 +186,7 @@ def eta_accuracy(said: list[dict[str, float]], total_s: float) -> list[dict[str,
 
 
 def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    model = cpu_model()
     memory = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal")), "0")
     return {"cpu": model, "cpus": os.cpu_count(), "memory_gib": round(int(memory) / 2**20, 1),

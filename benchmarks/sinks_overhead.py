@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _proc import free_port, loadavg, machine_ticks
+from _proc import cpu_model, free_port, loadavg, machine_ticks
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
@@ -537,12 +537,7 @@ def comparisons(runs: list[Run]) -> dict[str, Any]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     versions = []
     for tool, flag in (("mosquitto", "-h"), ("redis-server", "--version")):
         path = shutil.which(tool) or f"/usr/sbin/{tool}"

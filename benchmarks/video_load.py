@@ -49,7 +49,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from _proc import free_port, loadavg, machine_ticks
+from _proc import cpu_model, free_port, loadavg, machine_ticks
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
@@ -415,12 +415,7 @@ def ratio(results: list[Result], kind: str) -> tuple[float, float, float] | None
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     import aiortc
     import av
 
