@@ -21,12 +21,13 @@ from affectstream.stream.batcher import BatchConfig
 from affectstream.stream.face_session import FaceConfig
 from affectstream.stream.messages import StreamRecord
 from affectstream.stream.netloc import host_port
-from affectstream.stream.pipeline import Pipeline, PipelineConfig, StreamOutcome
+from affectstream.stream.pipeline import Pipeline, PipelineConfig, StreamOutcome, faces_refusal
 from affectstream.stream.session import AnalyticsConfig
 from affectstream.stream.sinks import FanoutSink, JsonlSink, Sink
 from affectstream.stream.sources import SourceConfig
 
 if TYPE_CHECKING:
+    from affectstream.engine.interfaces import EventThresholds
     from affectstream.stream.delivery import Delivery
     from affectstream.stream.frames import VideoFrame
     from affectstream.stream.recording import AnnotatedRecorder
@@ -62,19 +63,18 @@ def parse_sources(specs: list[str]) -> list[tuple[str, str]]:
 
 def pipeline_config(args: argparse.Namespace, pace_files: bool, engine: Engine) -> PipelineConfig:
     """The run's settings; event thresholds default to the model's own (softmax scores over seven
-    classes rarely pass the whole-frame head's 0.6), ``--onset``/``--offset`` override them."""
-    thresholds = engine.thresholds
-    onset = args.onset if args.onset is not None else thresholds.onset
-    offset = args.offset if args.offset is not None else min(thresholds.offset, onset)
-    if offset > onset:
-        raise ConfigError(f"--offset {offset:g} is above this model's onset threshold {onset:g}: pass a lower "
-                          f"--offset or an --onset of at least {offset:g}")
+    classes rarely pass the whole-frame head's 0.6), ``--onset``/``--offset`` override them. A run with
+    faces and CLIP has the whole-frame head's too, for a stream with faces off (``--config``)."""
+    analytics = _analytics(args, engine.thresholds)
+    frame_analytics = None
+    if engine.faces is not None and engine.encoder is not None:
+        frame_analytics = _analytics(args, engine.frame_thresholds)
     return PipelineConfig(
         rate_hz=args.rate,
         pace_files=pace_files,
         batch=BatchConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),
-        analytics=AnalyticsConfig(windows_s=parse_windows(args.windows), onset_threshold=onset,
-                                  offset_threshold=offset),
+        analytics=analytics,
+        frame_analytics=frame_analytics,
         source=SourceConfig(open_timeout_s=args.open_timeout, read_timeout_s=args.read_timeout,
                             open_retries=None if args.open_retries < 0 else int(args.open_retries),
                             max_frame_side=args.max_frame_side or None),
@@ -82,6 +82,15 @@ def pipeline_config(args: argparse.Namespace, pace_files: bool, engine: Engine) 
         clip_input=_clip_input(args, engine),
         stats_interval_s=args.stats_interval,
     )
+
+
+def _analytics(args: argparse.Namespace, thresholds: EventThresholds) -> AnalyticsConfig:
+    onset = args.onset if args.onset is not None else thresholds.onset
+    offset = args.offset if args.offset is not None else min(thresholds.offset, onset)
+    if offset > onset:
+        raise ConfigError(f"--offset {offset:g} is above this model's onset threshold {onset:g}: pass a lower "
+                          f"--offset or an --onset of at least {offset:g}")
+    return AnalyticsConfig(windows_s=parse_windows(args.windows), onset_threshold=onset, offset_threshold=offset)
 
 
 def _clip_input(args: argparse.Namespace, engine: Engine) -> str:
@@ -138,6 +147,7 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
     preflight_run(args, sources)  # before the model loads: a mistake costs a second, not the load
     engine = engine_from_args(args)
     config = pipeline_config(args, pace_files=not args.fast, engine=engine)
+    _check_stream_faces(args, run_config, engine, config)
     recorder = _recorder(args, engine.labels)  # --record: its directory is made here
     sinks: list[Sink] = []
     if not args.quiet:
@@ -172,7 +182,8 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
     # Streams may come at any time (browser cameras, the API, a re-read --config): such a run lasts
     # until it is stopped (or --duration).
     pipeline = Pipeline(sources, engine.encoder, engine.head, sink, engine.labels, config,
-                        first_seqs=first_seqs, faces=engine.faces, allow_empty=_keeps_running(args))
+                        first_seqs=first_seqs, faces=engine.faces, allow_empty=_keeps_running(args),
+                        frame_labels=engine.frame_labels)
     streams.append(pipeline)
     if delivery is not None:
         pipeline.sink_lags = delivery.lags_of
@@ -316,6 +327,15 @@ def _run_config(args: argparse.Namespace, sources: list[tuple[str, str]]) -> Run
     return run_config
 
 
+def _check_stream_faces(args: argparse.Namespace, run_config: RunConfig | None, engine: Engine,
+                        config: PipelineConfig) -> None:
+    """``--config`` streams' ``faces`` this run can do (a mistake in the file: exit status 2, nothing started)."""
+    for request in run_config.streams if run_config is not None else ():
+        refusal = faces_refusal(request.faces, engine.faces is not None, engine.encoder is not None, config.clip_input)
+        if refusal is not None:
+            raise ConfigError(f"--config {args.config}, stream {request.name!r}: {refusal}")
+
+
 def _control(args: argparse.Namespace, server: StreamServer | None, pipeline: Pipeline,
              run_config: RunConfig | None) -> ConfigReloader | None:
     """Stream control over this pipeline (the API, websocket messages) and ``--config``'s streams and
@@ -330,7 +350,7 @@ def _control(args: argparse.Namespace, server: StreamServer | None, pipeline: Pi
     from affectstream.stream.stream_config import ConfigReloader
 
     for request in run_config.streams:
-        controller.add(request)
+        controller.add(request)  # what the file asks the run can do: _check_stream_faces said so
     reloader = ConfigReloader(Path(args.config), controller, pipeline.wait_stream, run_config)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGHUP, lambda *_: reloader.request())

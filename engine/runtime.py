@@ -50,12 +50,24 @@ class Engine:
     faces: FaceModel | None = None
     clip_thresholds: EventThresholds | None = None  # a bundle manifest's "events", where it has them
     clip_input: str = "frame"  # what the bundle's features were extracted from: frame, or face (extract --faces)
+    # The whole-frame head's labels where ``labels`` are the face stage's (a run with both); see frame_labels.
+    clip_labels: tuple[str, ...] | None = None
 
     @property
     def thresholds(self) -> EventThresholds:
         """Onset/offset thresholds that fit this engine's scores (docs/faces.md)."""
         if self.faces is not None:
             return self.faces.thresholds
+        return self.frame_thresholds
+
+    @property
+    def frame_labels(self) -> tuple[str, ...]:
+        """What the whole-frame head scores: a stream with faces off (``--config``'s ``faces = false``)."""
+        return self.clip_labels if self.clip_labels is not None else self.labels
+
+    @property
+    def frame_thresholds(self) -> EventThresholds:
+        """The whole-frame head's thresholds: those of a stream with faces off."""
         return self.clip_thresholds or CLIP_EVENT_THRESHOLDS
 
 
@@ -80,7 +92,7 @@ def load_engine(choice: EngineChoice) -> Engine:
         log.info("a bidirectional bundle rescores whole-frame features only: the face stage is off for it")
         return clip
     return Engine(clip.encoder, clip.head, EXPRESSION_LABELS, {**clip.model_info, **info}, faces=faces,
-                  clip_input=clip.clip_input)
+                  clip_thresholds=clip.clip_thresholds, clip_input=clip.clip_input, clip_labels=clip.labels)
 
 
 def _detector_for(choice: EngineChoice) -> str:

@@ -1,12 +1,13 @@
 """Streams added and removed while a run goes on: one set of rules for HTTP, the websocket and the CLI.
 
 - ``GET /api/streams``: every stream the run knows, running or ended;
-- ``POST /api/streams`` with JSON ``{"name": "door", "uri": "rtsp://...", "rate": 4}``: 201, the stream
-  starts (``stream_started`` follows on the websocket); 400 a bad name, URI or rate; 409 the name is
-  running;
+- ``POST /api/streams`` with JSON ``{"name": "door", "uri": "rtsp://...", "rate": 4, "faces": false}``:
+  201, the stream starts (``stream_started`` follows on the websocket); 400 a bad name, URI, rate or
+  faces; 409 the name is running, or the run cannot analyse it so (faces asked of a run without the face
+  stage, or faces off where there is no whole-frame model);
 - ``DELETE /api/streams/NAME``: 202, the stream stops and ends with ``stream_ended`` (outcome
   ``stopped``); 404 no running stream of that name;
-- the same as websocket messages ``list_streams``, ``add_stream`` (``name``, ``uri``, ``rate``) and
+- the same as websocket messages ``list_streams``, ``add_stream`` (``name``, ``uri``, ``rate``, ``faces``) and
   ``remove_stream`` (``name``), answered with ``stream_control``;
 - ``affectstream streams list|add|remove --server URL`` (stream/streams_cli.py) calls the HTTP side.
 
@@ -48,11 +49,13 @@ class ControlError(Exception):
 
 @dataclass(frozen=True)
 class StreamRequest:
-    """A stream to add: its name, its source, and its own sampling rate (None: the run's)."""
+    """A stream to add: its name, its source, its own sampling rate and whether the face stage analyses
+    it (None for either: the run's)."""
 
     name: str
     uri: str
     rate_hz: float | None = None
+    faces: bool | None = None
 
 
 class ControlTarget(Protocol):
@@ -67,7 +70,7 @@ class ControlTarget(Protocol):
     def running_stream_ids(self) -> list[str]: ...
 
     def add_stream(self, stream_id: str, uri: str, source: Any = None, first_seq: int = 0,
-                   rate_hz: float | None = None) -> None: ...
+                   rate_hz: float | None = None, faces: bool | None = None) -> None: ...
 
     def remove_stream(self, stream_id: str) -> None: ...
 
@@ -75,12 +78,14 @@ class ControlTarget(Protocol):
 
     def stream_rate(self, stream_id: str) -> float | None: ...
 
+    def stream_faces(self, stream_id: str) -> bool | None: ...
+
 
 def stream_request(body: Any) -> StreamRequest:
     """A request to add a stream from its JSON; ControlError 400 says what is wrong."""
     if not isinstance(body, dict):
         raise ControlError(400, 'send a JSON object: {"name": "door", "uri": "rtsp://..."}')
-    name, uri, rate = body.get("name"), body.get("uri"), body.get("rate")
+    name, uri, rate, faces = body.get("name"), body.get("uri"), body.get("rate"), body.get("faces")
     if not isinstance(name, str) or not STREAM_NAME.fullmatch(name):
         raise ControlError(400, f"{NAME_RULE}; got {name!r}")
     if not isinstance(uri, str) or not uri.strip():
@@ -88,13 +93,17 @@ def stream_request(body: Any) -> StreamRequest:
     if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
                              or not math.isfinite(rate) or rate < 0):
         raise ControlError(400, f"\"rate\" is frames per second to analyse, >= 0 (0: every frame); got {rate!r}")
+    if isinstance(faces, str) and faces in ("on", "off"):  # the CLI's spelling
+        faces = faces == "on"
+    if faces is not None and not isinstance(faces, bool):
+        raise ControlError(400, f"\"faces\" is true or false (or \"on\"/\"off\"); got {faces!r}")
     from affectstream.stream.sources import classify_uri
 
     try:
         classify_uri(uri.strip())
     except ConfigError as error:
         raise ControlError(400, str(error)) from None
-    return StreamRequest(name, uri.strip(), None if rate is None else float(rate))
+    return StreamRequest(name, uri.strip(), None if rate is None else float(rate), faces)
 
 
 class Controller:
@@ -112,7 +121,8 @@ class Controller:
             outcome = outcomes.get(name)
             ended_as = outcome.outcome.value if outcome is not None and outcome.outcome is not None else None
             entries.append(StreamEntry(name=name, uri=self._target.stream_uri(name) or "", running=name in running,
-                                       rate=self._target.stream_rate(name), ended=ended_as if name not in running else None))
+                                       rate=self._target.stream_rate(name), ended=ended_as if name not in running else None,
+                                       faces=self._target.stream_faces(name)))
         return entries
 
     def add(self, request: StreamRequest) -> StreamEntry:
@@ -120,10 +130,11 @@ class Controller:
             raise ControlError(409, f"a stream named {request.name!r} is running: remove it first or pick another name")
         try:
             self._target.add_stream(request.name, request.uri, first_seq=self._first_seq(request.name),
-                                    rate_hz=request.rate_hz)
+                                    rate_hz=request.rate_hz, faces=request.faces)
         except PipelineError as error:
             raise ControlError(409, str(error)) from None
-        return StreamEntry(name=request.name, uri=request.uri, running=True, rate=request.rate_hz)
+        return StreamEntry(name=request.name, uri=request.uri, running=True, rate=request.rate_hz,
+                           faces=self._target.stream_faces(request.name))
 
     def remove(self, name: str) -> None:
         if name not in self._target.running_stream_ids():

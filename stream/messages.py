@@ -430,9 +430,11 @@ class StreamEntry:
     running: bool
     rate: float | None = None  # its own sampling rate (None: the run's)
     ended: str | None = None  # how it ended (an outcome), once it has
+    faces: bool | None = None  # whether the face stage analyses it (None: not said, an older server)
 
     def to_wire(self) -> Wire:
-        return {"name": self.name, "uri": self.uri, "running": self.running, "rate": self.rate, "ended": self.ended}
+        return {"name": self.name, "uri": self.uri, "running": self.running, "rate": self.rate, "ended": self.ended,
+                "faces": self.faces}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -612,6 +614,11 @@ class _Fields:
         """A flag sent only when true: absent or null is False."""
         return bool(self.get(name, lambda v: isinstance(v, bool), "true or false", optional=True))
 
+    def opt_flag(self, name: str) -> bool | None:
+        """A flag that may be unsaid: absent or null is None."""
+        value = self.get(name, lambda v: isinstance(v, bool), "true, false or null", optional=True)
+        return None if value is None else bool(value)
+
     def obj(self, name: str) -> dict[str, Any]:
         return dict(self.get(name, lambda v: isinstance(v, Mapping), "an object"))
 
@@ -775,7 +782,7 @@ def _stream_control(f: _Fields) -> StreamControlReply:
     listed = f.each("streams", optional=True)
     streams = None if listed is None else tuple(
         StreamEntry(name=e.text("name"), uri=e.text("uri"), running=e.flag("running"), rate=e.opt_number("rate"),
-                    ended=e.opt_text("ended")) for _, e in listed)
+                    ended=e.opt_text("ended"), faces=e.opt_flag("faces")) for _, e in listed)
     return StreamControlReply(action=f.text("action"), ok=f.flag("ok"), stream=f.opt_text("stream"),
                               error=f.opt_text("error"), status=f.opt_integer("status"), streams=streams)
 

@@ -45,6 +45,8 @@ def draw_overlay(image_rgb: np.ndarray, labels: tuple[str, ...], estimate: Estim
     if estimate is None:
         return canvas
     scores = estimate.scores
+    # A stream with faces off in a run with faces scores fewer labels (no neutral): draw its own.
+    labels = tuple(label for label in labels if label in scores) or labels
     bar_width = canvas.shape[1] // 3
     for row, label in enumerate(labels):
         value = float(scores.get(label, 0.0))

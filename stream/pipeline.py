@@ -66,6 +66,9 @@ class PipelineConfig:
     pace_files: bool = True  # `run` plays files at their own speed; `analyze` and `--fast` do not
     batch: BatchConfig = field(default_factory=BatchConfig)
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
+    # A stream with faces off in a run with the face stage (``add_stream(faces=False)``) scores with the
+    # whole-frame head, whose scores want their own event thresholds; None: ``analytics``.
+    frame_analytics: AnalyticsConfig | None = None
     source: SourceConfig = field(default_factory=SourceConfig)
     ring: RingModes = field(default_factory=RingModes)
     ring_max_bytes: int = DEFAULT_MAX_BYTES  # pixels one stream's ring may hold, whatever its capacity in frames
@@ -172,6 +175,7 @@ class _StreamRuntime:
         self.grabber: Grabber | None = None
         self.pump: threading.Thread | None = None
         self.rate_hz: float | None = None  # its own sampling rate (None: the run's)
+        self.faces = session.has_faces  # the face stage analyses its frames
 
 
 class Pipeline:
@@ -189,8 +193,11 @@ class Pipeline:
         first_seqs: Mapping[str, int] | None = None,
         faces: FaceModel | None = None,
         allow_empty: bool = False,
+        frame_labels: tuple[str, ...] | None = None,
     ) -> None:
         # allow_empty: streams come later (add_stream), and the run lasts until stop() (see wait()).
+        # labels: what the sessions score (the face stage's when there is one); frame_labels: the
+        # whole-frame head's, for a stream with faces off in a run with both (default: labels).
         if not sources and not allow_empty:
             raise PipelineError("no source given: pass at least one file, camera or URL")
         if (encoder is None) != (head is None):
@@ -210,6 +217,7 @@ class Pipeline:
         self._head_lock = threading.Lock()
         self._sink = sink
         self._labels = labels
+        self._frame_labels = frame_labels or labels
         self._config = config
         self._source_factory = source_factory
         self._stop = threading.Event()
@@ -223,7 +231,7 @@ class Pipeline:
         # `resume` from a seq keeps working across restarts of affectstream.
         first_seqs = first_seqs or {}
         self._streams: dict[str, _StreamRuntime] = {
-            sid: self._new_runtime(sid, uri, first_seqs.get(sid, 0), None) for sid, uri in sources}
+            sid: self._new_runtime(sid, uri, first_seqs.get(sid, 0), None, None) for sid, uri in sources}
         self._threads: list[threading.Thread] = []
         self._started = False
         self._done = threading.Event()
@@ -258,7 +266,7 @@ class Pipeline:
         return sum(runtime.session.open_faces for runtime in self._streams.values())
 
     def add_stream(self, stream_id: str, uri: str, source: Source | None = None, first_seq: int = 0,
-                   rate_hz: float | None = None) -> None:
+                   rate_hz: float | None = None, faces: bool | None = None) -> None:
         """Add a stream before ``start()`` or while the pipeline runs (any thread; it does not wait).
 
         ``source``: this stream's one source, e.g. a ``PushSource`` fed by the WebRTC side; it is never
@@ -266,6 +274,10 @@ class Pipeline:
         comes from ``source_factory(uri, ...)`` and reconnects like the constructor's streams.
         ``first_seq``: where an event log's numbering of this id left off (see the constructor).
         ``rate_hz``: this stream's own sampling rate (0: every frame; None: the run's ``--rate``).
+        ``faces``: whether the face stage analyses this stream (None: whenever the run has one). False
+        in a run with faces scores the stream with the whole-frame head alone (its own labels and
+        thresholds, ``frame_labels``/``frame_analytics``); it needs that head, and True needs the
+        face stage: PipelineError otherwise.
 
         The id must not be a running stream's. A finished stream's id may be taken again (a reloaded
         capture page): the new stream replaces it in ``outcomes``, and its seqs continue after the old
@@ -274,6 +286,7 @@ class Pipeline:
         """
         if not stream_id:
             raise PipelineError("a stream needs a non-empty id")
+        self._check_faces(stream_id, faces)
         with self._lock:
             if self._stop.is_set() or self._sealed:
                 raise PipelineError(f"cannot add stream {stream_id!r}: the pipeline has "
@@ -285,7 +298,7 @@ class Pipeline:
                                         "pick another name, or wait until it has (wait_stream)")
                 # Its last stats, if not out yet, are skipped: the emitter reads the table under the lock.
                 first_seq = max(first_seq, old.session.next_seq)
-            runtime = self._new_runtime(stream_id, uri, first_seq, source)
+            runtime = self._new_runtime(stream_id, uri, first_seq, source, faces)
             runtime.rate_hz = rate_hz
             self._streams = {**self._streams, stream_id: runtime}
             if self._started:
@@ -310,6 +323,16 @@ class Pipeline:
     def stream_rate(self, stream_id: str) -> float | None:
         runtime = self._streams.get(stream_id)
         return None if runtime is None else runtime.rate_hz
+
+    def stream_faces(self, stream_id: str) -> bool | None:
+        """Whether the face stage analyses the stream (None: no such stream)."""
+        runtime = self._streams.get(stream_id)
+        return None if runtime is None else runtime.faces
+
+    def _check_faces(self, stream_id: str, faces: bool | None) -> None:
+        refusal = faces_refusal(faces, self._faces is not None, self._encoder is not None, self._config.clip_input)
+        if refusal is not None:
+            raise PipelineError(f"stream {stream_id!r}: {refusal}")
 
     def start(self) -> None:
         with self._lock:
@@ -372,12 +395,18 @@ class Pipeline:
         self._threads.append(thread)
         return thread
 
-    def _new_runtime(self, stream_id: str, uri: str, first_seq: int, source: Source | None) -> _StreamRuntime:
+    def _new_runtime(self, stream_id: str, uri: str, first_seq: int, source: Source | None,
+                     faces: bool | None) -> _StreamRuntime:
         live = source.is_live if source is not None else is_live(uri)
         # The ring starts in the mode the uri suggests; the grabber sets it from the opened source.
         policy, capacity = self._config.ring.mode(live)
-        session = StreamSession(stream_id, self._labels, self._config.analytics, first_seq=first_seq,
-                                faces=self._config.faces if self._faces is not None else None)
+        if self._faces is not None and faces is not False:
+            session = StreamSession(stream_id, self._labels, self._config.analytics, first_seq=first_seq,
+                                    faces=self._config.faces)
+        else:
+            analytics = self._config.analytics if self._faces is None else (
+                self._config.frame_analytics or self._config.analytics)
+            session = StreamSession(stream_id, self._frame_labels, analytics, first_seq=first_seq)
         return _StreamRuntime(stream_id, uri, RingBuffer(capacity, policy, self._config.ring_max_bytes),
                               self._config.max_in_flight, session, live, source)
 
@@ -488,22 +517,21 @@ class Pipeline:
         images = [item.frame.image for item in frames]
         started = time.monotonic_ns()
         stages: dict[str, float] = {}
-        faces: list[tuple[FaceObservation, ...]] | None = None
+        faces: list[tuple[FaceObservation, ...] | None] | None = None
         if self._faces is not None:
             # Before the batch is analysed: a (re)connection's frames must not reuse boxes from before
             # it (frames of the old connection in the same batch are merely detected again).
             for item in batch:
                 if isinstance(item, StreamMarker) and item.event.new_context:
                     self._faces.schedule.forget(item.event.stream_id)
-            if frames:
-                faces = self._faces.analyse(images, [(item.frame.stream_id, item.frame.pts) for item in frames])
-                stages.update(self._faces.last_stage_ms)
+            faces = self._analyse_faces(frames, stages)
         features = None
         if self._encoder is not None and frames:
             encoded_at = time.monotonic_ns()
             clip_images = images
             if faces is not None and self._faces is not None and self._config.clip_input == "face":
-                clip_images = [primary_crop(image, [o.box for o in found], self._faces.policy)
+                policy = self._faces.policy
+                clip_images = [image if found is None else primary_crop(image, [o.box for o in found], policy)
                                for image, found in zip(images, faces)]
             features = self._encoder.encode(clip_images)
             # Encoders that time their own stages split the call into preprocess and model time.
@@ -520,8 +548,23 @@ class Pipeline:
                 self._step_wave(sampled, features, faces, row_of, started, stages, len(frames))
         self._outbox.put(BatchDone(len(frames)))
 
+    def _analyse_faces(self, frames: list[SampledFrame],
+                       stages: dict[str, float]) -> list[tuple[FaceObservation, ...] | None]:
+        """The face stage on the frames of the streams it analyses, in one call (its stage times join
+        ``stages``); None for the others' frames."""
+        assert self._faces is not None
+        wanted = [row for row, item in enumerate(frames) if self._streams[item.frame.stream_id].faces]
+        found: list[tuple[FaceObservation, ...] | None] = [None] * len(frames)
+        if wanted:
+            results = self._faces.analyse([frames[row].frame.image for row in wanted],
+                                          [(frames[row].frame.stream_id, frames[row].frame.pts) for row in wanted])
+            for row, observations in zip(wanted, results):
+                found[row] = observations
+            stages.update(self._faces.last_stage_ms)
+        return found
+
     def _step_wave(self, wave: list[SampledFrame], features: np.ndarray | None,
-                   faces: list[tuple[FaceObservation, ...]] | None, row_of: dict[int, int],
+                   faces: list[tuple[FaceObservation, ...] | None] | None, row_of: dict[int, int],
                    batch_started_ns: int, encode_stages: dict[str, float], batch_size: int) -> None:
         rows = [row_of[id(item)] for item in wave]
         scores: np.ndarray | None = None
@@ -538,10 +581,11 @@ class Pipeline:
             if scores is not None:
                 stage_ms["head"] = head_ms
             stage_ms["batch"] = float(batch_size)
+            found = None if faces is None else faces[rows[i]]
             self._outbox.put(FrameResult(
                 item.frame, None if scores is None else scores[i],
                 None if sentiment is None else float(sentiment[i]),
-                None if faces is None else in_source_pixels(faces[rows[i]], item.frame), stage_ms))
+                None if found is None else in_source_pixels(found, item.frame), stage_ms))
 
     def _apply_marker(self, marker: StreamMarker) -> None:
         # A new connection starts a new temporal context; state from before a gap is meaningless.
@@ -658,6 +702,19 @@ class Pipeline:
             self._sink.write(record)
             if self.on_record is not None:
                 self.on_record(record)
+
+
+def faces_refusal(faces: bool | None, has_faces: bool, has_encoder: bool, clip_input: str) -> str | None:
+    """Why a run cannot analyse a stream with this ``faces`` setting (None: it can)."""
+    if faces and not has_faces:
+        return "it asks for faces, but this run has no face stage (it was started with --faces off)"
+    if faces is False and has_faces and not has_encoder:
+        return ("it asks for faces off, but this run has no whole-frame model to score it with: start the run "
+                "with a CLIP --model or --bundle")
+    if faces is False and has_faces and clip_input == "face":
+        return ("it asks for faces off, but this run's CLIP encodes faces (--clip-input face): a stream "
+                "without faces has none to encode")
+    return None
 
 
 def _counted(outcome: StreamOutcome) -> StreamOutcome:

@@ -93,6 +93,11 @@ class StreamSession:
         return self._seq.next_seq
 
     @property
+    def has_faces(self) -> bool:
+        """Face mode (``on_faces``), rather than whole-frame scores (``on_estimate``)."""
+        return self._faces is not None
+
+    @property
     def open_faces(self) -> int:
         """Face tracks whose state this session keeps (0 without the face stage)."""
         return self._faces.open_faces if self._faces is not None else 0

@@ -5,6 +5,7 @@
 name = "door"                    # 1-64 of A-Z a-z 0-9 . _ -
 uri = "rtsp://10.0.0.5/stream"
 rate = 4                         # optional: frames per second analysed (0: every frame)
+faces = false                    # optional: whether the face stage analyses it (default: the run's --faces)
 sinks = ["mqtt://broker/affect"] # optional: sinks that get this stream (and only the streams naming them)
 
 [[sink]]
@@ -12,7 +13,7 @@ url = "redis://127.0.0.1/0?stream=affect"   # a sink for every stream
 ```
 
 On SIGHUP the file is read again and only the streams whose entry changed are touched: a new name is
-added, a name that is gone is removed, a changed URI or rate restarts that stream; the others go on
+added, a name that is gone is removed, a changed URI, rate or faces restarts that stream; the others go on
 with their seqs unbroken. Sinks are read at start only (a sink's cursor lives in the event log under
 its URL). A file with a mistake is refused whole, at start with exit status 2, on SIGHUP with a log
 line, and the running streams stay as they were.
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 RESTART_WAIT_S = 15.0  # a changed stream is added again once its old self has ended, up to this long
 
-STREAM_KEYS = {"name", "uri", "rate", "sinks"}
+STREAM_KEYS = {"name", "uri", "rate", "faces", "sinks"}
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ def add_streams_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     add.add_argument("uri", help="file, webcam index or /dev/videoN, rtsp:// rtmp:// http(s):// URL")
     add.add_argument("--rate", type=float, default=None, metavar="HZ",
                      help="frames per second analysed for this stream (0: every frame; default: the run's)")
+    add.add_argument("--faces", choices=("on", "off"), default=None,
+                     help="whether the face stage analyses this stream (default: the run's --faces)")
     remove = actions.add_parser("remove", help="stop a stream (it ends with stream_ended)")
     remove.add_argument("name")
     for sub in (listing, add, remove):
@@ -61,6 +63,8 @@ def run_streams(args: argparse.Namespace, environment: dict[str, str]) -> int:
         payload: dict[str, Any] = {"name": args.name, "uri": args.uri}
         if args.rate is not None:
             payload["rate"] = args.rate
+        if args.faces is not None:
+            payload["faces"] = args.faces == "on"
         status, body = _call("POST", base, payload, token)
     else:
         status, body = _call("DELETE", f"{base}/{quote(args.name, safe='')}", None, token)
@@ -76,7 +80,8 @@ def run_streams(args: argparse.Namespace, environment: dict[str, str]) -> int:
         for entry in body.get("streams", []):
             state = "running" if entry["running"] else f"ended ({entry.get('ended') or 'ended'})"
             rate = "" if entry.get("rate") is None else f"  {entry['rate']:g} Hz"
-            print(f"{entry['name']}\t{state}\t{entry['uri']}{rate}")
+            faces = "" if entry.get("faces") is None else f"  faces {'on' if entry['faces'] else 'off'}"
+            print(f"{entry['name']}\t{state}\t{entry['uri']}{rate}{faces}")
     elif args.action == "add":
         print(f"{args.name}: started")
     else:

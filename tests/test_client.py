@@ -114,7 +114,8 @@ def records(canonical: bool) -> st.SearchStrategy[Record]:
         st.builds(messages.StreamControlReply, action=st.sampled_from(["list_streams", "add_stream", "remove_stream"]),
                   ok=st.just(True), stream=maybe(NAME),
                   streams=maybe(st.lists(st.builds(messages.StreamEntry, name=NAME, uri=TEXT, running=st.booleans(),
-                                                   rate=maybe(number()), ended=maybe(TEXT)), max_size=2).map(tuple))),
+                                                   rate=maybe(number()), ended=maybe(TEXT),
+                                                   faces=maybe(st.booleans())), max_size=2).map(tuple))),
         st.builds(messages.StreamControlReply, action=st.just("add_stream"), ok=st.just(False), stream=maybe(NAME),
                   error=TEXT, status=st.sampled_from([400, 404, 409])),
     )

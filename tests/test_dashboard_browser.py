@@ -244,3 +244,29 @@ def colored_pixels(png: bytes) -> int:
     assert decoded is not None, "a PNG screenshot"
     image = decoded.astype(np.int16)
     return int(((image.max(axis=2) - image.min(axis=2)) > 60).sum())
+
+
+def test_a_stream_scoring_fewer_labels_than_hello_shows_only_its_own(page: Any, tmp_path: Path) -> None:
+    """A run with faces lists seven labels in hello; a stream with faces off (``--config``'s ``faces =
+    false``) scores six. Its card shows six bars and the sentiment, no neutral bar or legend key."""
+    from affectstream.engine.labels import EXPRESSION_LABELS
+    from affectstream.stream.messages import hello
+    from affectstream.stream.server import ServerConfig, StreamServer
+
+    server = StreamServer(ServerConfig(port=0), lambda: hello(EXPRESSION_LABELS, {"head": "faces"}, ["cam"]))
+    server.start()
+    publisher = Publisher(server, streams=("cam",), hz=10).start()
+    try:
+        page.goto(f"http://127.0.0.1:{server.port}/?video=off")
+        wait_for(page, lambda s: s["points"] >= 3, 20)
+        shown = page.evaluate("""() => {
+            const visible = (selector) => [...document.querySelectorAll(selector)]
+                .filter((node) => node.offsetParent !== null).map((node) => node.dataset.label);
+            return { bars: visible('.stream .bar'), legend: visible('.stream .legend > span') };
+        }""")
+        save_screenshot(page, tmp_path, "dashboard-six-labels.png")
+    finally:
+        publisher.stop()
+        server.stop()
+    six = ["anger", "happiness", "disgust", "fear", "sadness", "surprise", "sentiment"]
+    assert shown == {"bars": six, "legend": six}, shown

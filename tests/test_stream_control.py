@@ -78,25 +78,34 @@ def test_requests_are_checked_before_anything_starts() -> None:
         "door", "rtsp://10.0.0.5/s", 4.0)
     for body, says in [([], "JSON object"), ({"name": "a b", "uri": "x.mp4"}, "stream name"),
                        ({"name": "a", "uri": ""}, "uri"), ({"name": "a", "uri": "x.mp4", "rate": -1}, "rate"),
-                       ({"name": "a", "uri": "x.mp4", "rate": True}, "rate")]:
+                       ({"name": "a", "uri": "x.mp4", "rate": True}, "rate"),
+                       ({"name": "a", "uri": "x.mp4", "faces": 1}, "faces"),
+                       ({"name": "a", "uri": "x.mp4", "faces": "maybe"}, "faces")]:
         with pytest.raises(ControlError, match=says) as caught:
             stream_request(body)
         assert caught.value.status == 400
+    assert stream_request({"name": "a", "uri": "x.mp4", "faces": False}).faces is False
+    assert stream_request({"name": "a", "uri": "x.mp4", "faces": "on"}).faces is True
+    assert stream_request({"name": "a", "uri": "x.mp4"}).faces is None
 
 
 def test_a_config_file_is_read_whole_and_its_changes_are_only_what_changed(tmp_path: Path) -> None:
     path = tmp_path / "cameras.toml"
-    path.write_text('[[stream]]\nname = "a"\nuri = "a.mp4"\n\n[[stream]]\nname = "b"\nuri = "b.mp4"\nrate = 1\n'
-                    'sinks = ["mqtt://broker/affect"]\n\n[[sink]]\nurl = "jsonl:all.jsonl"\n')
+    path.write_text('[[stream]]\nname = "a"\nuri = "a.mp4"\nfaces = false\n\n[[stream]]\nname = "b"\nuri = "b.mp4"\n'
+                    'rate = 1\nsinks = ["mqtt://broker/affect"]\n\n[[sink]]\nurl = "jsonl:all.jsonl"\n')
     config = read_config(path)
     assert [s.name for s in config.streams] == ["a", "b"] and config.streams[1].rate_hz == 1.0
+    assert [s.faces for s in config.streams] == [False, None]
     assert config.sinks == ("jsonl:all.jsonl", "mqtt://broker/affect?streams=b")
     running = {s.name: s for s in config.streams}
     change = changes(running, (StreamRequest("b", "b.mp4", 2.0), StreamRequest("c", "c.mp4")))
+    assert changes(running, (StreamRequest("a", "a.mp4", None, True), running["b"])).restart == (
+        StreamRequest("a", "a.mp4", None, True),), "a stream whose faces changed restarts"
     assert [s.name for s in change.add] == ["c"] and change.remove == ("a",)
     assert [s.rate_hz for s in change.restart] == [2.0]
     assert changes(running, config.streams).empty
-    for text, says in [('[[stream]]\nname = "a"\n', "uri"), ('[[stream]]\nname = "a"\nuri = "x"\nfaces = 1\n', "unknown key"),
+    for text, says in [('[[stream]]\nname = "a"\n', "uri"), ('[[stream]]\nname = "a"\nuri = "x"\ncolour = 1\n', "unknown key"),
+                       ('[[stream]]\nname = "a"\nuri = "x"\nfaces = 1\n', "faces"),
                        ('[[stream]]\nname = "a"\nuri = "x"\n[[stream]]\nname = "a"\nuri = "y"\n', "twice"),
                        ("[[stream]\n", "not valid TOML"), ('[camera]\nx = 1\n', "unknown table")]:
         path.write_text(text)
@@ -118,6 +127,8 @@ def test_three_streams_added_and_two_removed_while_two_others_run(tmp_path: Path
         assert _api(port, "POST", body={"name": "three", "uri": str(long_talk), "rate": 2})[0] == 201
         assert _api(port, "POST", body={"name": "three", "uri": str(long_talk)})[0] == 409
         assert _api(port, "POST", body={"name": "bad name", "uri": str(long_talk)})[0] == 400
+        status, refused = _api(port, "POST", body={"name": "x", "uri": str(long_talk), "faces": True})
+        assert status == 409 and "no face stage" in refused["error"], refused
         cli = subprocess.run([sys.executable, "-m", "affectstream", "streams", "add", "four", str(long_talk),
                               "--server", f"127.0.0.1:{port}", "--token", TOKEN], capture_output=True, text=True)
         assert cli.returncode == 0, cli.stderr
@@ -189,6 +200,61 @@ def test_sighup_re_reads_the_config_and_touches_only_what_changed(tmp_path: Path
     change = [m for m in lines if m.get("stream") == "change" and "seq" in m]
     assert [m["seq"] for m in change] == sorted({m["seq"] for m in change}), "the restarted stream numbers on"
     assert len(_events(lines, "drop", "stream_ended")) == 1 and not _events(lines, "drop", "stream_started")[1:]
+
+
+@pytest.mark.slow
+def test_a_stream_with_faces_off_in_a_run_with_faces(tmp_path: Path, long_talk: Path) -> None:
+    """--config's per-stream ``faces``: one stream through the face stage, one scored by whole-frame CLIP
+    alone (its own six labels, no faces), one more added through the API with faces off."""
+    from affectstream.engine.model_files import path_of
+    from affectstream.errors import ModelFilesMissingError
+
+    try:
+        path_of("fer-mini-xception") and path_of("blazeface")
+    except ModelFilesMissingError as error:
+        pytest.skip(f"the face models are not in the user's cache (affectstream models fetch): {error}")
+    config = tmp_path / "cameras.toml"
+    config.write_text(f'[[stream]]\nname = "people"\nuri = "{long_talk}"\n\n'
+                      f'[[stream]]\nname = "scene"\nuri = "{long_talk}"\nfaces = false\n')
+    out = tmp_path / "run.jsonl"
+    run = CliProcess(["run", "--config", str(config), "--port", "0", "--quiet", "--out", str(out), "--rate", "2",
+                      "--faces", "on", "--model", "tiny-random", "--no-video", "--duration", "60", "--token", TOKEN],
+                     tmp_path)
+    try:
+        port = run.port()
+        assert _api(port, "POST", body={"name": "later", "uri": str(long_talk), "faces": "off"})[0] == 201
+        _wait_for(lambda: all(len([m for m in _lines(out) if m["type"] == "estimate" and m["stream"] == s]) >= 4
+                              for s in ("people", "scene", "later")), 60)
+        status, listed = _api(port, "GET")
+        assert status == 200 and {s["name"]: s["faces"] for s in listed["streams"]} == {
+            "people": True, "scene": False, "later": False}
+    finally:
+        run.process.send_signal(signal.SIGINT)
+        status = run.finish()
+    assert status == 0, run.stderr
+    lines = _lines(out)
+    six = {"anger", "happiness", "disgust", "fear", "sadness", "surprise"}
+    for stream in ("scene", "later"):
+        estimates = [m for m in lines if m["type"] == "estimate" and m["stream"] == stream]
+        assert estimates and all(set(m["scores"]) == six and "faces" not in m and "state" not in m
+                                 for m in estimates), estimates[:2]
+        _assert_no_gap(lines, stream)
+    people = [m for m in lines if m["type"] == "estimate" and m["stream"] == "people"]
+    assert all(set(m["scores"]) == six | {"neutral"} and isinstance(m.get("faces"), list) for m in people)
+    assert any(m["faces"] for m in people), "the face stage found Megamind's face"
+    summaries = [m for m in lines if m["type"] == "summary" and m["stream"] == "scene"]
+    assert summaries and all("neutral" not in json.dumps(m) for m in summaries)
+
+
+def test_a_config_asking_faces_of_a_run_without_them_is_refused_before_it_starts(tmp_path: Path) -> None:
+    config = tmp_path / "cameras.toml"
+    config.write_text('[[stream]]\nname = "door"\nuri = "door.mp4"\nfaces = true\n')
+    result = subprocess.run([sys.executable, "-m", "affectstream", "run", "--config", str(config), "--faces", "off",
+                             "--model", "tiny-random", "--no-serve", "--quiet"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=scaled(120))
+    assert result.returncode == 2, result.stderr
+    assert "stream 'door'" in result.stderr and "no face stage" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.slow

@@ -141,6 +141,7 @@ function card(stream) {
     fills[label] = row.querySelector(".fill");
     values[label] = row.querySelector(".value");
     const key = document.createElement("span");
+    key.dataset.label = label;
     const swatch = document.createElement("i");
     if (label === "sentiment") swatch.className = "dashed";
     swatch.style.setProperty("--color", color);
@@ -172,6 +173,7 @@ function onEstimate(message) {
   const entry = card(message.stream);
   const seq = Number.isInteger(message.seq) ? message.seq : null;
   if (seq !== null && entry.pointSeqs.has(seq)) return;  // a replayed estimate already shown
+  ownLabels(entry, message.scores);
   addPoint(entry, { seq: seq ?? Infinity, ts: Number(message.ts ?? 0), scores: message.scores || {},
                     sentiment: Number(message.sentiment ?? 0) });
   entry.estimates.add(message);
@@ -180,6 +182,16 @@ function onEstimate(message) {
   entry.shownSeq = seq ?? entry.shownSeq;
   showScores(entry, message);
   entry.panel.onEstimate();
+}
+
+function ownLabels(entry, scores) {
+  // A stream may score fewer labels than hello lists (faces off in a run with faces: no neutral): its
+  // card keeps the labels its estimates carry, and hides the others' bars, legend keys and lines.
+  const keys = Object.keys(scores || {});
+  if (!keys.length || keys.length === entry.labels.length) return;
+  entry.labels = state.labels.filter((label) => keys.includes(label));
+  entry.series = [...entry.labels, "sentiment"];
+  entry.node.querySelectorAll(".bar, .legend > span").forEach((node) => { node.hidden = !entry.series.includes(node.dataset.label); });
 }
 
 function addPoint(entry, point) {
