@@ -206,6 +206,12 @@ def preflight_run(args: argparse.Namespace, sources: list[tuple[str, str]]) -> N
         raise ConfigError("--allow-browser-sources takes cameras through the server's /capture page: drop "
                           "--no-serve and --no-video")
     unique_names(sources)
+    if getattr(args, "ray", None):
+        taken = [flag for flag, on in (("--show", args.show), ("--record", getattr(args, "record", None)),
+                                       ("--allow-browser-sources", args.allow_browser_sources)) if on]
+        if taken:
+            raise ConfigError(f"--ray runs the streams on the cluster's nodes, where their frames stay: "
+                              f"{', '.join(taken)} needs them here; drop it or --ray")
     if args.bundle and args.head in (HeadKind.AUTO, HeadKind.LSTM) and bidirectional_bundle(args.bundle):
         raise ConfigError(f"{args.bundle} holds a bidirectional model, which reads whole files: "
                           f"`affectstream analyze FILE --bundle {args.bundle}` runs it; `run` needs "

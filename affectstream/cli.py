@@ -142,6 +142,22 @@ def _add_video_options(parser: argparse.ArgumentParser) -> None:
                        "Origin rules as for the websocket); with no SOURCE the run waits for cameras until stopped")
 
 
+def _add_ray_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("a Ray cluster (docs/scaling.md; pip install affectstream[ray])")
+    group.add_argument("--ray", default=None, metavar="ADDRESS",
+                       help="run the streams on a Ray cluster: its address (ray://HOST:10001, HOST:6379, auto), "
+                       "or 'local' for a Ray instance on this machine; the models run as a Ray Serve deployment")
+    group.add_argument("--ray-streams-per-actor", type=COUNT, default=1, metavar="N",
+                       help="streams one stream actor reads, samples and keeps the state of")
+    group.add_argument("--ray-stream-cpus", type=NON_NEGATIVE, default=0.5, metavar="F",
+                       help="Ray CPUs one stream actor reserves")
+    group.add_argument("--ray-replicas", type=COUNT, default=1, metavar="N",
+                       help="replicas of the models' deployment (one per GPU, or per CPU node)")
+    group.add_argument("--ray-gpus", type=NON_NEGATIVE, default=0.0, metavar="F",
+                       help="GPUs per model replica (0.5: two replicas share a GPU; 0: on the CPU)")
+    group.add_argument("--ray-cpus", type=NON_NEGATIVE, default=1.0, metavar="F", help="Ray CPUs per model replica")
+
+
 class _DefaultsFormatter(argparse.HelpFormatter):
     """Shows each option's default, unless its help already says it or there is none (None, off)."""
 
@@ -195,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_options(run)
     _add_video_options(run)
     _add_sink_options(run)
+    _add_ray_options(run)
 
     analyze = commands.add_parser("analyze", help="summarise whole video files as fast as the machine allows: "
                                   "a summary JSON and an HTML report per file")

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from affectstream.engine.interfaces import EventThresholds
     from affectstream.stream.delivery import Delivery
     from affectstream.stream.frames import VideoFrame
+    from affectstream.stream.ray_run import RayPipeline
     from affectstream.stream.recording import AnnotatedRecorder
     from affectstream.stream.server import StreamServer
     from affectstream.stream.stream_config import ConfigReloader, RunConfig
@@ -101,7 +102,11 @@ def _clip_input(args: argparse.Namespace, engine: Engine) -> str:
 
 
 def engine_from_args(args: argparse.Namespace, offline: bool = False) -> Engine:
-    return load_engine(EngineChoice(
+    return load_engine(engine_choice(args, offline))
+
+
+def engine_choice(args: argparse.Namespace, offline: bool = False) -> EngineChoice:
+    return EngineChoice(
         offline=offline,
         model=args.model,
         bundle=Path(args.bundle) if args.bundle else None,
@@ -114,7 +119,7 @@ def engine_from_args(args: argparse.Namespace, offline: bool = False) -> Engine:
         detector=args.detector,
         expression=Path(args.expression) if args.expression else None,
         detect_interval_s=args.detect_every,
-    ))
+    )
 
 
 def stream_status(outcome: StreamOutcome) -> int:
@@ -158,14 +163,14 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
     server = None
     video = None
     delivery = None
-    streams: list[Pipeline] = []  # the hello lists the pipeline's streams, browser cameras included
+    streams: list[Pipeline | RayPipeline] = []  # the hello lists the pipeline's streams, browser cameras included
     if not args.no_serve:
         from affectstream.stream.server import server_from_args
 
         initial = [sid for sid, _ in sources]
         server = server_from_args(args, environment, engine, lambda: streams[0].stream_ids if streams else initial)
         sinks.append(server)
-        video = _video_service(args, config)
+        video = None if args.ray else _video_service(args, config)  # --ray: the frames stay on the nodes
         if video is not None:
             video.mount(server)
         delivery = _delivery(args, server)
@@ -181,14 +186,22 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
         first_seqs = {sid: server.next_seq(sid) for sid, _ in sources}
     # Streams may come at any time (browser cameras, the API, a re-read --config): such a run lasts
     # until it is stopped (or --duration).
-    pipeline = Pipeline(sources, engine.encoder, engine.head, sink, engine.labels, config,
-                        first_seqs=first_seqs, faces=engine.faces, allow_empty=_keeps_running(args),
-                        frame_labels=engine.frame_labels)
+    cluster = None
+    if args.ray:
+        from affectstream.stream.ray_run import RayCluster
+
+        cluster = RayCluster.connect(args, engine_choice(args))
+        pipeline: Pipeline | RayPipeline = cluster.pipeline(sources, engine, config, sink, first_seqs,
+                                                            allow_empty=_keeps_running(args))
+    else:
+        pipeline = Pipeline(sources, engine.encoder, engine.head, sink, engine.labels, config,
+                            first_seqs=first_seqs, faces=engine.faces, allow_empty=_keeps_running(args),
+                            frame_labels=engine.frame_labels)
     streams.append(pipeline)
     if delivery is not None:
         pipeline.sink_lags = delivery.lags_of
     reloader = _control(args, server, pipeline, run_config)
-    if video is not None:
+    if video is not None and isinstance(pipeline, Pipeline):  # --ray has no video here
         video.attach(pipeline)
     overlay = None
     if args.show:
@@ -232,6 +245,8 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
                 server.stop()
             if video is not None:
                 video.close()
+            if cluster is not None:
+                cluster.close()
             sink.close()
     status = exit_status(pipeline.outcomes)
     if not recorded and status == ExitStatus.OK:
@@ -255,7 +270,7 @@ def _linger(seconds: float, port: int, host: str) -> None:
 class _DoneEvent(threading.Event):
     """Adapts ``Pipeline.wait`` to the ``is_set`` the overlay loop polls."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline | RayPipeline) -> None:
         super().__init__()
         self._pipeline = pipeline
 
@@ -288,7 +303,7 @@ class _Tap(Protocol):
     def on_record(self, record: StreamRecord) -> None: ...
 
 
-def _attach_taps(pipeline: Pipeline, taps: Sequence[_Tap]) -> None:
+def _attach_taps(pipeline: Pipeline | RayPipeline, taps: Sequence[_Tap]) -> None:
     """Every frame the pumps read, and the records, go to each tap too (besides any other record tap)."""
     if not taps:
         return
@@ -336,7 +351,7 @@ def _check_stream_faces(args: argparse.Namespace, run_config: RunConfig | None, 
             raise ConfigError(f"--config {args.config}, stream {request.name!r}: {refusal}")
 
 
-def _control(args: argparse.Namespace, server: StreamServer | None, pipeline: Pipeline,
+def _control(args: argparse.Namespace, server: StreamServer | None, pipeline: Pipeline | RayPipeline,
              run_config: RunConfig | None) -> ConfigReloader | None:
     """Stream control over this pipeline (the API, websocket messages) and ``--config``'s streams and
     SIGHUP; the reloader, when there is a file to re-read."""
@@ -382,7 +397,7 @@ def _video_service(args: argparse.Namespace, config: PipelineConfig) -> VideoSer
                         source_config=config.source)
 
 
-def _hurry(pipeline: Pipeline, recorder: AnnotatedRecorder | None) -> Callable[[], None]:
+def _hurry(pipeline: Pipeline | RayPipeline, recorder: AnnotatedRecorder | None) -> Callable[[], None]:
     def hurry() -> None:
         if recorder is not None:
             recorder.hurry()

@@ -71,6 +71,7 @@ class EventKind(str, enum.Enum):
     STREAM_RECONNECTING = "stream_reconnecting"
     STREAM_ENDED = "stream_ended"
     STREAM_ERROR = "stream_error"
+    STREAM_RESTARTED = "stream_restarted"  # run --ray: its actor was lost and it runs on another one
     FRAMES_DROPPED = "frames_dropped"
 
 
