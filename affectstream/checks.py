@@ -212,6 +212,9 @@ def preflight_run(args: argparse.Namespace, sources: list[tuple[str, str]]) -> N
         if taken:
             raise ConfigError(f"--ray runs the streams on the cluster's nodes, where their frames stay: "
                               f"{', '.join(taken)} needs them here; drop it or --ray")
+        from affectstream.stream.ray_run import check_reachable
+
+        check_reachable(args.ray)  # before the model loads
     if args.bundle and args.head in (HeadKind.AUTO, HeadKind.LSTM) and bidirectional_bundle(args.bundle):
         raise ConfigError(f"{args.bundle} holds a bidirectional model, which reads whole files: "
                           f"`affectstream analyze FILE --bundle {args.bundle}` runs it; `run` needs "

@@ -145,7 +145,7 @@ def _add_video_options(parser: argparse.ArgumentParser) -> None:
 def _add_ray_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("a Ray cluster (docs/scaling.md; pip install affectstream[ray])")
     group.add_argument("--ray", default=None, metavar="ADDRESS",
-                       help="run the streams on a Ray cluster: its address (ray://HOST:10001, HOST:6379, auto), "
+                       help="run the streams on a Ray cluster: its address (HOST:6379, auto), "
                        "or 'local' for a Ray instance on this machine; the models run as a Ray Serve deployment")
     group.add_argument("--ray-streams-per-actor", type=COUNT, default=1, metavar="N",
                        help="streams one stream actor reads, samples and keeps the state of")

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -150,7 +151,9 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
     sources = parse_sources(args.sources)
     run_config = _run_config(args, sources)
     preflight_run(args, sources)  # before the model loads: a mistake costs a second, not the load
-    engine = engine_from_args(args)
+    # --ray: the models run on the cluster's replicas (on --device there); the driver's copy gives the
+    # labels, thresholds and the head each stream actor gets, on the CPU like the actors that step it.
+    engine = load_engine(replace(engine_choice(args), device="cpu")) if args.ray else engine_from_args(args)
     config = pipeline_config(args, pace_files=not args.fast, engine=engine)
     _check_stream_faces(args, run_config, engine, config)
     recorder = _recorder(args, engine.labels)  # --record: its directory is made here

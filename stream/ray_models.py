@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from affectstream.engine.face_engine import CropPolicy
 from affectstream.engine.runtime import EngineChoice
 from affectstream.errors import ConfigError, MissingExtraError, PipelineError
 
@@ -52,7 +53,9 @@ class ModelPlacement:
     gpus: float = 0.0  # per replica: 1 a whole GPU, 0.25 four replicas on one GPU, 0 the CPU
     cpus: float = 1.0  # per replica
     max_batch: int = 32  # frames of all streams in one model call
-    max_wait_ms: float = 10.0  # how long a replica waits to fill a batch
+    # How long a replica waits for more requests after the first: short, because each request is an
+    # actor's batch that waited --max-wait-ms already; requests that come while a batch runs join the next.
+    max_wait_ms: float = 2.0
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -71,6 +74,10 @@ class EncoderInfo:
     embed_dim: int
     image_size: int
     device: str
+
+
+def len_of_requests(requests: Sequence[Sequence[Any]]) -> int:
+    return sum(len(request) for request in requests)
 
 
 def _flatten(requests: Sequence[Sequence[_T]]) -> tuple[list[_T], list[int]]:
@@ -142,13 +149,19 @@ def deploy(choice: EngineChoice, placement: ModelPlacement) -> Any:
     """Start the deployment on the connected cluster (Serve without its HTTP proxy: the streams'
     actors call it through handles); its handle."""
     serve = import_serve()
-    batch = serve.batch(max_batch_size=placement.max_batch, batch_wait_timeout_s=placement.max_wait_ms / 1000)
+    # A request is one actor's batch: a batch's size is counted in frames (crops), not requests. An
+    # actor's batch has up to --max-batch frames, each with up to CropPolicy.max_faces crops.
+    def batch(most: int) -> Any:
+        return serve.batch(max_batch_size=most, batch_wait_timeout_s=placement.max_wait_ms / 1000,
+                           batch_size_fn=len_of_requests)
+
+    frames, crops = placement.max_batch, placement.max_batch * CropPolicy().max_faces
 
     class FrameModels(FrameModelsImpl):
         # serve.batch wraps methods of the class Serve builds, so each is batched on its replica.
-        encode = batch(FrameModelsImpl.encode)  # type: ignore[assignment]
-        detect = batch(FrameModelsImpl.detect)  # type: ignore[assignment]
-        classify = batch(FrameModelsImpl.classify)  # type: ignore[assignment]
+        encode = batch(frames)(FrameModelsImpl.encode)
+        detect = batch(frames)(FrameModelsImpl.detect)
+        classify = batch(crops)(FrameModelsImpl.classify)
 
     options: dict[str, Any] = {"num_cpus": placement.cpus}
     if placement.gpus:

@@ -256,9 +256,21 @@ class RayPipeline:
         if actor is None:
             actor = _Actor(self._actor_class.options(scheduling_strategy=self._strategy(avoid)).remote(self._kit_ref))
             self._actors.append(actor)
+            self._warn_if_no_room(name)
         actor.adding[name] = actor.handle.add.remote(replace(s.spec, first_seq=s.next_seq))
         actor.streams.add(name)
         s.actor = actor
+
+    def _warn_if_no_room(self, name: str) -> None:
+        """Ray holds an actor back, silently, until a node has the CPUs it reserves: say so."""
+        models = self._placement.models
+        wanted = len(self._actors) * self._placement.stream_cpus + models.replicas * models.cpus
+        cpus = float(self._ray.cluster_resources().get("CPU", 0))
+        if wanted > cpus + 1e-9:
+            log.warning("stream %s may wait for room: this run reserves %g Ray CPUs (%d stream actor(s) x "
+                        "--ray-stream-cpus %g + %d replica(s) x --ray-cpus %g) and the cluster has %g; lower "
+                        "them, raise --ray-streams-per-actor, or add nodes", name, wanted, len(self._actors),
+                        self._placement.stream_cpus, models.replicas, models.cpus, cpus)
 
     def _strategy(self, avoid: str | None) -> Any:
         """SPREAD over the nodes; away from ``avoid``: the live node with the fewest of this run's actors."""
@@ -447,10 +459,10 @@ class RayCluster:
 
         placement = RayPlacement(streams_per_actor=args.ray_streams_per_actor, stream_cpus=args.ray_stream_cpus,
                                  models=ModelPlacement(replicas=args.ray_replicas, gpus=args.ray_gpus,
-                                                       cpus=args.ray_cpus, max_batch=args.max_batch,
-                                                       max_wait_ms=args.max_wait_ms))
+                                                       cpus=args.ray_cpus, max_batch=args.max_batch))
         started = not ray.is_initialized()
         if started:
+            check_reachable(args.ray)
             try:
                 if args.ray == "local":
                     ray.init(include_dashboard=False, log_to_driver=False)
@@ -483,3 +495,25 @@ class RayCluster:
             import ray
 
             ray.shutdown()
+
+
+def check_reachable(address: str) -> None:
+    """Ray's own connect waits minutes for an address where nothing listens: a TCP try first (5 s)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address in ("local", "auto"):
+        return
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or port is None:
+        raise ConfigError(f"--ray {address!r}: give HOST:PORT (the head's GCS, 6379 by default), ray://HOST:10001, "
+                          "auto or local")
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as error:
+        raise ConfigError(f"--ray {address}: nothing answers there ({error.strerror or error}); start the head "
+                          "with `ray start --head` or pass --ray local") from None

@@ -29,6 +29,8 @@ SKIPPED = {
     "affectstream listen ws://127.0.0.1:8765/": "needs a running server; tests/test_listen.py runs one",
     "affectstream extract /data/mosei": "needs CMU-MOSEI",
     "bash scripts/setup.sh": "is what CI runs before this test",
+    "ray start": "starts a node of a Ray cluster; tests/test_ray_cluster.py runs a two-node one on one machine",
+    "affectstream run --ray": "needs a Ray cluster; tests/test_ray_cluster.py runs the run against one",
     "bash scripts/test.sh": "is this test suite",
 }
 # Additions that keep an example short without changing what it shows.
@@ -122,6 +124,7 @@ CLI_SKIPPED = {
     "affectstream run talk.mp4 --video-lines": "lingers a minute after the file (tests/test_dashboard_browser.py "
                                                "runs --linger)",
     "affectstream streams": "needs a running server; tests/test_stream_control.py runs each against one",
+    "affectstream run --ray": "needs a Ray cluster; tests/test_ray_cluster.py runs the run against one",
 }
 
 

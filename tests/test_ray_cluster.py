@@ -8,6 +8,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,3 +119,51 @@ def test_six_streams_over_two_nodes_survive_losing_one(cluster: Any, tmp_path: P
         assert len(ended) == 1 and ended[0]["seq"] == max(m["seq"] for m in lines
                                                            if m.get("stream") == name and m["type"] != "stats")
     print(f"moved streams back within {moved_after_s:.1f} s")
+
+
+def _durable(path: Path) -> list[tuple[Any, ...]]:
+    """Estimates, events and summaries per stream in seq order (not the seqs: ``stats`` take some, as
+    often as the wall clock says)."""
+    ordered = sorted((m for m in _lines(path) if m["type"] in ("estimate", "event", "summary")),
+                     key=lambda m: (m["stream"], m["seq"]))
+    return [(m["stream"], m["type"], m["ts"], json.dumps(m.get("scores")), m.get("kind"),
+             json.dumps([f["box"] for f in m.get("faces") or []])) for m in ordered]
+
+
+def test_a_run_through_ray_gives_what_the_in_process_run_gives(tmp_path: Path) -> None:
+    """Faces and whole-frame CLIP through the deployment (detect, classify, encode): the same estimates,
+    events and summaries, seq for seq, as without Ray."""
+    from affectstream.engine.model_files import path_of
+    from affectstream.errors import ModelFilesMissingError
+
+    if not MEGAMIND.exists():
+        pytest.skip("needs opencv-doc's Megamind.avi")
+    try:
+        path_of("fer-mini-xception") and path_of("blazeface")
+    except ModelFilesMissingError as error:
+        pytest.skip(f"the face models are not in the user's cache (affectstream models fetch): {error}")
+    common = [f"a={MEGAMIND}", f"b={MEGAMIND}", "--model", "tiny-random", "--rate", "2", "--fast", "--no-serve",
+              "--quiet"]
+    for name, extra in (("ray", ["--ray", "local", "--ray-stream-cpus", "0.25", "--ray-cpus", "0.5"]), ("here", [])):
+        done = subprocess.run([sys.executable, "-m", "affectstream", "run", *common, "--out", f"{name}.jsonl", *extra],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=scaled(300))
+        assert done.returncode == 0, done.stderr[-3000:]
+    through_ray, here = _durable(tmp_path / "ray.jsonl"), _durable(tmp_path / "here.jsonl")
+    assert len(here) > 40 and any(row[5] != "[]" for row in here), "faces were found"
+    assert through_ray == here
+
+
+def test_the_outbox_hands_over_each_record_until_the_driver_has_it() -> None:
+    from affectstream.stream.messages import Event, EventKind
+    from affectstream.stream.ray_actor import Outbox
+
+    outbox = Outbox()
+    for stream, seq in (("a", 5), ("b", 0), ("a", 6), ("b", 1)):
+        outbox.write(Event(stream=stream, seq=seq, ts=0.0, wall=0, kind=EventKind.STREAM_STARTED))
+    first, more = outbox.take({}, 0)
+    assert [(r.stream, r.seq) for r in first] == [("a", 5), ("b", 0), ("a", 6), ("b", 1)] and not more
+    again, _ = outbox.take({"a": 5}, 0)  # the reply was lost: asked again from where the driver is
+    assert [(r.stream, r.seq) for r in again] == [("b", 0), ("a", 6), ("b", 1)]
+    assert outbox.take({"a": 6, "b": 1}, 0)[0] == []
+    started = time.monotonic()
+    assert outbox.take({"a": 6, "b": 1}, 0.3)[0] == [] and time.monotonic() - started >= 0.25, "it waited"
