@@ -142,6 +142,11 @@ class ExpressionModel(Protocol):
 FACE_EVENT_THRESHOLDS = EventThresholds(onset=0.5, offset=0.3)
 
 
+# What a frame of a batch is told of its boxes (FaceModel.observe): None: detect it; boxes: use them;
+# an int: use those of that earlier frame of the batch.
+Given = list[FaceBox] | int | None
+
+
 @dataclass
 class FaceModel:
     """A detector and an expression classifier, run batched over the frames of a batch."""
@@ -171,8 +176,37 @@ class FaceModel:
         """
         if not images:
             return []
+        if keys is None:
+            return self.observe(images, [None] * len(images))[0]
+        due = self.schedule.plan(keys)
+        given: list[Given] = []
+        detected_at: dict[str, int] = {}  # a stream's frame detected earlier in this batch
+        for row, ((stream, _), now) in enumerate(zip(keys, due)):
+            if now:
+                detected_at[stream] = row
+                given.append(None)
+            elif stream in detected_at:
+                given.append(detected_at[stream])
+            else:
+                given.append(self.schedule.reuse(stream))
+        observed, boxes = self.observe(images, given)
+        for (stream, ts), now, found in zip(keys, due, boxes):
+            if now:
+                self.schedule.remember(stream, ts, found)
+        return observed
+
+    def observe(self, images: Sequence[np.ndarray], given: Sequence[Given]
+                ) -> tuple[list[tuple[FaceObservation, ...]], list[list[FaceBox]]]:
+        """The models' part: the frames whose ``given`` is None are detected (one call), then every
+        frame's chosen faces are classified (one call). ``given`` may also be boxes to use, or the row
+        of an earlier frame of the batch whose boxes to use. The observations, and each frame's boxes.
+        Stateless: ``run --ray`` runs it on a model replica."""
         started = time.perf_counter()
-        detected = self._detect(images, keys)
+        todo = [image for image, boxes in zip(images, given) if boxes is None]
+        fresh = iter(self.detector.detect(todo) if todo else [])
+        detected: list[list[FaceBox]] = []
+        for boxes in given:
+            detected.append(next(fresh) if boxes is None else detected[boxes] if isinstance(boxes, int) else boxes)
         found = time.perf_counter()
         chosen = [self.policy.select(boxes) for boxes in detected]
         crops = [self.policy.crop(image, box) for image, boxes in zip(images, chosen) for box in boxes]
@@ -186,23 +220,7 @@ class FaceModel:
             row += len(boxes)
         log.debug("face stage: %d frames, %d faces, detect %.1f ms, classify %.1f ms", len(images), row,
                   self.last_stage_ms["detect"], self.last_stage_ms["classify"])
-        return out
-
-
-    def _detect(self, images: Sequence[np.ndarray], keys: Sequence[tuple[str, float]] | None) -> list[list[FaceBox]]:
-        if keys is None:
-            return self.detector.detect(images)
-        due = self.schedule.plan(keys)
-        fresh = iter(self.detector.detect([image for image, now in zip(images, due) if now]) if any(due) else [])
-        out: list[list[FaceBox]] = []
-        for (stream, ts), now in zip(keys, due):
-            if now:
-                boxes = next(fresh)
-                self.schedule.remember(stream, ts, boxes)
-            else:
-                boxes = self.schedule.reuse(stream)
-            out.append(boxes)
-        return out
+        return out, detected
 
 
 def load_detector(name: str, device: str, policy: CropPolicy) -> FaceDetector:

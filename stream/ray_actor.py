@@ -16,16 +16,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from affectstream.engine.face_engine import DetectionSchedule, FaceModel
+from affectstream.engine.face_engine import FaceModel
 from affectstream.engine.interfaces import TemporalHead
-from affectstream.engine.labels import EXPRESSION_LABELS
 from affectstream.errors import PipelineError
 from affectstream.stream.messages import Record, StreamRecord
 from affectstream.stream.pipeline import Pipeline, PipelineConfig, StreamOutcome
-from affectstream.stream.ray_models import EncoderInfo, RemoteClassifier, RemoteDetector, RemoteEncoder
+from affectstream.stream.ray_models import EncoderInfo, RemoteEncoder
 from affectstream.stream.sources import Source, SourceConfig, SourceInfo, open_source
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ class StreamKit:
     frame_labels: tuple[str, ...]
     head: TemporalHead | None  # a fresh head: its state is per stream, so each actor has its own copy
     encoder: EncoderInfo | None  # None: no whole-frame model in this run
-    faces: FaceModel | None  # the face stage's settings, its models replaced by the deployment's (``remote_faces``)
+    faces: FaceModel | None  # a RemoteFaceModel: the face stage's settings, its models on the deployment
     models: Any  # the deployment's handle
 
 
@@ -64,13 +63,6 @@ class DrainReply:
     outcomes: Mapping[str, StreamOutcome]
     more: bool  # records were left for the next call
     node: str
-
-
-def remote_faces(faces: FaceModel, handle: Any) -> FaceModel:
-    """The face stage's settings with its two models on the deployment (a fresh detection schedule)."""
-    return replace(faces, detector=RemoteDetector(handle, faces.detector.name, faces.detector.device),
-                   classifier=RemoteClassifier(handle, len(EXPRESSION_LABELS)),
-                   schedule=DetectionSchedule(faces.schedule.min_interval_s), last_stage_ms={})
 
 
 class Outbox:
@@ -142,7 +134,7 @@ class StreamWorker:
     def __post_init__(self) -> None:
         kit = self.kit
         encoder = RemoteEncoder(kit.models, kit.encoder) if kit.encoder is not None else None
-        # kit.faces holds the deployment's models already (remote_faces); this actor's copy has its own schedule.
+        # kit.faces is a RemoteFaceModel; this actor's copy of it has its own detection schedule.
         self.pipeline = Pipeline([], encoder, kit.head if encoder is not None else None, self.outbox, kit.labels,
                                  kit.config, source_factory=self._open, faces=kit.faces, allow_empty=True,
                                  frame_labels=kit.frame_labels)

@@ -1,17 +1,18 @@
 """`run --ray`: the models of a cluster as one Ray Serve deployment, and what a stream's actor calls.
 
 ``FrameModels`` is a Serve deployment (one replica per GPU, or per CPU node: ``ModelPlacement``). Each
-replica loads the run's engine once and keeps the heavy parts only: the whole-frame encoder, the face
-detector and the expression classifier. Its three methods are ``@serve.batch``-ed, so the frames that
-streams on any node send at about the same time are run in one model call; a request is one actor's
-batch (a list), the batch handler concatenates the requests and splits the answer.
+replica loads the run's engine once and keeps the heavy parts only: the whole-frame encoder and the
+face stage's two models. Its methods, ``encode`` and ``observe`` (``FaceModel.observe``: detect where
+asked, crop, classify), are ``@serve.batch``-ed, so the frames that streams on any node send at about
+the same time run in one model call; a request is one actor's batch (a list), the batch handler
+concatenates the requests and splits the answer.
 
 What stays with each stream is on its actor (stream/ray_actor.py): sampling, the detection schedule,
-crops, the temporal head and the sessions. There, ``RemoteEncoder``, ``RemoteDetector`` and
-``RemoteClassifier`` stand in for the local models (engine/interfaces.py's ``ImageEncoder``,
-engine/faces.py's ``FaceDetector``, face_engine's ``ExpressionModel``), so the stream's ``Pipeline`` is
-the in-process one. A call that fails because a replica died (its node went away) is sent again, up to
-``RETRY_S``, while Serve starts a replacement.
+the temporal head and the sessions. There, ``RemoteEncoder`` (an ``ImageEncoder``) and
+``RemoteFaceModel`` (a ``FaceModel`` whose ``observe`` is the replicas') stand in for the local models,
+so the stream's ``Pipeline`` is the in-process one: one call per batch for the faces, one for CLIP. A
+call that fails because a replica died (its node went away) is sent again, up to ``RETRY_S``, while
+Serve starts a replacement.
 """
 
 from __future__ import annotations
@@ -26,13 +27,19 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from affectstream.engine.face_engine import CropPolicy
+from affectstream.engine.face_engine import DetectionSchedule, FaceModel, FaceObservation, Given
+from affectstream.engine.faces import FaceBox
 from affectstream.engine.runtime import EngineChoice
 from affectstream.errors import ConfigError, MissingExtraError, PipelineError
 
 log = logging.getLogger(__name__)
 
-APP_NAME = "affectstream-models"
+
+def app_name(host: str, port: int | None) -> str:
+    """The Serve application of one run: per host and server port, so that runs on one cluster keep
+    their own models, and a run started again after a kill -9 replaces the one it left (Serve
+    applications outlive their driver)."""
+    return "affectstream-models" if port is None else f"affectstream-{host}-{port}"
 RETRY_S = 30.0  # how long a call waits for a replica before the batch fails (Serve restarts dead ones)
 _T = TypeVar("_T")
 
@@ -101,8 +108,7 @@ class FrameModelsImpl:
 
         engine = load_engine(choice)
         self._encoder = engine.encoder
-        self._detector = engine.faces.detector if engine.faces is not None else None
-        self._classifier = engine.faces.classifier if engine.faces is not None else None
+        self._faces = engine.faces
         self._lock = threading.Lock()  # one model call at a time: the replica's cores are its own
         self.batches: list[int] = []  # frames per model call, newest last (for tests and the bench)
 
@@ -132,36 +138,55 @@ class FrameModelsImpl:
         encoder = self._encoder
         return await self._run(requests, lambda images: list(encoder.encode(images)))
 
-    async def detect(self, requests: list[list[np.ndarray]]) -> list[list[Any]]:
-        if self._detector is None:
-            raise PipelineError("this run's models have no face detector")
-        detector = self._detector
-        return await self._run(requests, detector.detect)
+    async def observe(self, requests: list[list[tuple[np.ndarray, Given]]]) -> list[FaceReply]:
+        """``FaceModel.observe`` over the frames of every request (a request's rows of ``Given`` point
+        into its own frames: they are moved to the batch's rows here)."""
+        if self._faces is None:
+            raise PipelineError("this run's models have no face stage")
+        faces = self._faces
+        images: list[np.ndarray] = []
+        given: list[Given] = []
+        for request in requests:
+            start = len(images)
+            for image, boxes in request:
+                images.append(image)
+                given.append(boxes + start if isinstance(boxes, int) else boxes)
 
-    async def classify(self, requests: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-        if self._classifier is None:
-            raise PipelineError("this run's models have no expression classifier")
-        classifier = self._classifier
-        return await self._run(requests, lambda crops: list(classifier.classify_ours(crops)))
+        def locked() -> tuple[list[Any], list[Any], dict[str, float]]:
+            with self._lock:
+                self.batches.append(len(images))
+                observed, found = faces.observe(images, given) if images else ([], [])
+                return observed, found, dict(faces.last_stage_ms)
+
+        observed, found, stage_ms = await asyncio.to_thread(locked)
+        sizes = [len(request) for request in requests]
+        return [FaceReply(tuple(o), tuple(f), stage_ms) for o, f in zip(_split(observed, sizes), _split(found, sizes))]
 
 
-def deploy(choice: EngineChoice, placement: ModelPlacement) -> Any:
+@dataclass(frozen=True)
+class FaceReply:
+    """One request's answer: per frame its observations and its boxes, and the batch's stage times."""
+
+    observed: tuple[tuple[FaceObservation, ...], ...]
+    boxes: tuple[list[FaceBox], ...]
+    stage_ms: dict[str, float]
+
+
+def deploy(choice: EngineChoice, placement: ModelPlacement, app: str) -> Any:
     """Start the deployment on the connected cluster (Serve without its HTTP proxy: the streams'
     actors call it through handles); its handle."""
     serve = import_serve()
-    # A request is one actor's batch: a batch's size is counted in frames (crops), not requests. An
-    # actor's batch has up to --max-batch frames, each with up to CropPolicy.max_faces crops.
+    # A request is one actor's batch (up to --max-batch frames): a batch's size is counted in frames.
     def batch(most: int) -> Any:
         return serve.batch(max_batch_size=most, batch_wait_timeout_s=placement.max_wait_ms / 1000,
                            batch_size_fn=len_of_requests)
 
-    frames, crops = placement.max_batch, placement.max_batch * CropPolicy().max_faces
+    frames = placement.max_batch
 
     class FrameModels(FrameModelsImpl):
         # serve.batch wraps methods of the class Serve builds, so each is batched on its replica.
         encode = batch(frames)(FrameModelsImpl.encode)
-        detect = batch(frames)(FrameModelsImpl.detect)
-        classify = batch(crops)(FrameModelsImpl.classify)
+        observe = batch(frames)(FrameModelsImpl.observe)
 
     options: dict[str, Any] = {"num_cpus": placement.cpus}
     if placement.gpus:
@@ -170,25 +195,27 @@ def deploy(choice: EngineChoice, placement: ModelPlacement) -> Any:
         FrameModels, name="FrameModels", num_replicas=placement.replicas, ray_actor_options=options,
         max_ongoing_requests=max(64, placement.max_batch * 4), health_check_period_s=2, health_check_timeout_s=10)
     serve.start(http_options={"location": "NoServer"})
-    return serve.run(deployment.bind(choice), name=APP_NAME, route_prefix=None)
+    return serve.run(deployment.bind(choice), name=app, route_prefix=None)
 
 
-def shutdown() -> None:
+def shutdown(app: str) -> None:
     try:
-        import_serve().delete(APP_NAME)
+        import_serve().delete(app)
     except Exception:  # the cluster may be gone already: nothing to delete
         log.debug("the models' deployment could not be deleted", exc_info=True)
 
 
-def call(handle: Any, method: str, items: list[Any], deadline_s: float = RETRY_S) -> list[Any]:
-    """``handle.METHOD(items)``, sent again while the replicas are being replaced (a node died)."""
-    if not items:
+def call(handle: Any, method: str, items: list[Any], deadline_s: float = RETRY_S, single: bool = False) -> Any:
+    """``handle.METHOD(items)``, sent again while the replicas are being replaced (a node died); a list
+    per item, or (``single``) the request's one answer."""
+    if not items and not single:
         return []
     deadline = time.monotonic() + deadline_s
     delay = 0.2
     while True:
         try:
-            return list(getattr(handle, method).remote(items).result(timeout_s=deadline_s))
+            answer = getattr(handle, method).remote(items).result(timeout_s=deadline_s)
+            return answer if single else list(answer)
         except Exception as error:  # RayActorError, ActorUnavailableError, a timeout: Serve is replacing it
             if isinstance(error, PipelineError) or time.monotonic() + delay > deadline:
                 raise
@@ -216,25 +243,32 @@ class RemoteEncoder:
         return np.stack(rows) if rows else np.zeros((0, self.embed_dim), np.float32)
 
 
-class RemoteDetector:
-    """A ``FaceDetector`` on the deployment's replicas."""
+class RemoteFaceModel(FaceModel):
+    """The face stage on a stream actor: the detection schedule, the crop policy and what the pipeline
+    reads stay here; ``observe`` (the two models) runs on the deployment's replicas, in one call."""
 
-    def __init__(self, handle: Any, name: str, device: str) -> None:
+    def __init__(self, faces: FaceModel, handle: Any) -> None:
+        super().__init__(_Elsewhere(faces.detector.name, faces.detector.device), _Elsewhere(faces.expression_name, ""),
+                         faces.expression_name, faces.policy, faces.thresholds,
+                         DetectionSchedule(faces.schedule.min_interval_s))
         self._handle = handle
-        self.name = name
-        self.device = device
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[list[Any]]:
-        return call(self._handle, "detect", list(images))
+    def observe(self, images: Sequence[np.ndarray], given: Sequence[Given]
+                ) -> tuple[list[tuple[FaceObservation, ...]], list[list[FaceBox]]]:
+        reply = call(self._handle, "observe", list(zip(images, given)), single=True)
+        self.last_stage_ms = dict(reply.stage_ms)
+        return list(reply.observed), list(reply.boxes)
 
 
-class RemoteClassifier:
-    """An ``ExpressionModel`` on the deployment's replicas."""
+@dataclass
+class _Elsewhere:
+    """A model that runs on the replicas: its name for ``FaceModel.info``; called here, it says so."""
 
-    def __init__(self, handle: Any, labels: int) -> None:
-        self._handle = handle
-        self._labels = labels
+    name: str
+    device: str
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[FaceBox]]:
+        raise PipelineError(f"{self.name} runs on the model replicas: call RemoteFaceModel.observe")
 
     def classify_ours(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        rows = call(self._handle, "classify", list(crops))
-        return np.stack(rows) if rows else np.zeros((0, self._labels), np.float32)
+        raise PipelineError(f"{self.name} runs on the model replicas: call RemoteFaceModel.observe")

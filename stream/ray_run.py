@@ -444,15 +444,18 @@ class RayPipeline:
 class RayCluster:
     """The run's connection to Ray and its models' deployment (``run --ray``); ``close`` ends both."""
 
-    def __init__(self, placement: RayPlacement, handle: Any, started_ray: bool) -> None:
+    def __init__(self, placement: RayPlacement, handle: Any, app: str, started_ray: bool) -> None:
         self.placement = placement
         self.handle = handle
+        self.app = app
         self._started_ray = started_ray
 
     @classmethod
     def connect(cls, args: Any, choice: Any) -> RayCluster:
         """Join the cluster at ``--ray`` (``local``: start Ray here) and deploy the models on it."""
-        from affectstream.stream.ray_models import deploy, import_serve
+        import socket
+
+        from affectstream.stream.ray_models import app_name, deploy, import_serve
 
         import_serve()  # the extra is checked before Ray starts
         import ray
@@ -474,23 +477,24 @@ class RayCluster:
         log.info("Ray cluster: %d node(s), %g CPUs, %g GPUs; deploying the models (%d replica(s))",
                  len([n for n in ray.nodes() if n.get("Alive")]), ray.cluster_resources().get("CPU", 0),
                  ray.cluster_resources().get("GPU", 0), placement.models.replicas)
-        return cls(placement, deploy(choice, placement.models), started)
+        app = app_name(socket.gethostname(), None if args.no_serve else args.port)
+        return cls(placement, deploy(choice, placement.models, app), app, started)
 
     def pipeline(self, sources: Sequence[tuple[str, str]], engine: Any, config: Any, sink: Sink,
                  first_seqs: Mapping[str, int], allow_empty: bool) -> RayPipeline:
-        from affectstream.stream.ray_actor import remote_faces
+        from affectstream.stream.ray_models import RemoteFaceModel
 
         info = self.handle.info.remote().result(timeout_s=CALL_TIMEOUT_S) if engine.encoder is not None else None
         kit = StreamKit(config=config, labels=engine.labels, frame_labels=engine.frame_labels,
                         head=engine.head if engine.encoder is not None else None, encoder=info,
-                        faces=remote_faces(engine.faces, self.handle) if engine.faces is not None else None,
+                        faces=RemoteFaceModel(engine.faces, self.handle) if engine.faces is not None else None,
                         models=self.handle)
         return RayPipeline(sources, kit, sink, self.placement, first_seqs, allow_empty=allow_empty)
 
     def close(self) -> None:
         from affectstream.stream.ray_models import shutdown
 
-        shutdown()
+        shutdown(self.app)
         if self._started_ray:
             import ray
 

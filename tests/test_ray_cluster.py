@@ -28,6 +28,7 @@ MEGAMIND = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
 # Node deaths noticed in about 3 s, not Ray's default 15 to 30 s (docs/scaling.md says the same to users).
 FAST_HEALTH = {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 1000,
                "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3}
+STORE = 300 * 1024**2  # each node's object store: frames in flight need a few MB, not Ray's 30 % of memory
 _NODE = re.compile(r"stream\(s\) (\S+) run on node (\w+)")
 
 
@@ -36,6 +37,7 @@ def cluster() -> Iterator[Any]:
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "include_dashboard": False,
+                                                            "object_store_memory": STORE,
                                                             "_system_config": FAST_HEALTH})
     try:
         yield cluster
@@ -68,7 +70,7 @@ def _nodes(log: str) -> dict[str, str]:
 
 
 def test_six_streams_over_two_nodes_survive_losing_one(cluster: Any, tmp_path: Path, long_talk: Path) -> None:
-    worker = cluster.add_node(num_cpus=4)
+    worker = cluster.add_node(num_cpus=4, object_store_memory=STORE)
     cluster.wait_for_nodes()
     out = tmp_path / "run.jsonl"
     names = [f"cam{i}" for i in range(6)]
