@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from affectstream.errors import ConfigError, PipelineError, SourceOutcome
+from affectstream.errors import ConfigError, ModelError, PipelineError, SourceOutcome
 from affectstream.stream.messages import (
     TERMINAL_KINDS,
     Estimate,
@@ -45,6 +45,10 @@ from affectstream.stream.sinks import Sink
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 30.0  # an add, remove or stop call to an actor
+# A stream whose actor is lost this many times within RESTART_WINDOW_S ends with stream_error: something
+# about it (its source, its node's setup) kills every actor it goes to.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class _Stream:
     counted: int = 0  # estimates of actors that are gone (an actor's outcome counts its own only)
     finished: threading.Event = field(default_factory=threading.Event)
     removing: bool = False
-    restarts: int = 0
+    restarts: list[float] = field(default_factory=list)  # monotonic times of its restarts
 
 
 @dataclass(eq=False)
@@ -302,7 +306,7 @@ class RayPipeline:
                 log.error("stream %s could not start on its actor: %s", name, error)
                 with self._lock:
                     actor.streams.discard(name)
-                    self._write_numbered(name, EventKind.STREAM_ERROR, f"could not start: {error.cause}")
+                    self._end_here(name, f"could not start: {_first_line(error.cause)}", EventKind.STREAM_ERROR)
             except Exception:  # the actor is gone: its drain call says so, and restarts the stream
                 pass
 
@@ -402,28 +406,45 @@ class RayPipeline:
             actor.streams.clear()
             if actor.closing or self._stop.is_set():
                 return
+            if getattr(error, "actor_init_failed", False):  # it would fail the same way on any node
+                log.error("a stream actor could not start: %s", _first_line(error))
+                for name in names:
+                    self._end_here(name, f"its actor could not start: {_first_line(error)}", EventKind.STREAM_ERROR)
+                return
             log.warning("the actor of %s on node %s is gone (%s): restarting them on another node",
                         ", ".join(sorted(names)) or "no stream", actor.node[:12], type(error).__name__)
             for name in names:
-                s = self._streams[name]
-                if s.removing:
-                    self._end_here(name, "removed while its actor was gone")
-                    continue
-                s.counted = s.outcome.estimates
-                s.restarts += 1
-                self._write_numbered(name, EventKind.STREAM_RESTARTED,
-                                     f"its actor on node {actor.node[:12]} stopped ({type(error).__name__}); "
-                                     f"restarted (restart {s.restarts}) from {s.last_ts:.1f} s")
-                s.spec = replace(s.spec, resume_ts=s.last_ts)
-                self._place(name, avoid=actor.node)
+                self._restart(name, actor.node, error)
 
-    def _end_here(self, name: str, detail: str) -> None:
-        """A stream that can no longer end on an actor ends here (stopped)."""
+    def _restart(self, name: str, node: str, error: Exception) -> None:
+        """A stream whose actor died goes on on a new one (called with the lock held)."""
+        s = self._streams[name]
+        if s.removing:
+            self._end_here(name, "removed while its actor was gone")
+            return
+        now = time.monotonic()
+        s.restarts = [t for t in s.restarts if now - t < RESTART_WINDOW_S] + [now]
+        if len(s.restarts) > MAX_RESTARTS:
+            self._end_here(name, f"its actor was lost {len(s.restarts)} times in {RESTART_WINDOW_S:g} s "
+                                 f"(last: {type(error).__name__} on node {node[:12]}): not restarted again",
+                           EventKind.STREAM_ERROR)
+            return
+        s.counted = s.outcome.estimates
+        self._write_numbered(name, EventKind.STREAM_RESTARTED,
+                             f"its actor on node {node[:12]} stopped ({type(error).__name__}); "
+                             f"restarted from {s.last_ts:.1f} s")
+        s.spec = replace(s.spec, resume_ts=s.last_ts)
+        self._place(name, avoid=node)
+
+    def _end_here(self, name: str, detail: str, kind: EventKind = EventKind.STREAM_ENDED) -> None:
+        """A stream that can no longer end on an actor ends here: stopped, or (``STREAM_ERROR``) failed."""
         with self._lock:
             s = self._streams[name]
             if s.finished.is_set():
                 return
-            self._write_numbered(name, EventKind.STREAM_ENDED, detail, outcome=SourceOutcome.STOPPED)
+            s.actor = None
+            outcome = SourceOutcome.STOPPED if kind is EventKind.STREAM_ENDED else None
+            self._write_numbered(name, kind, detail, outcome=outcome)
 
     def _write_numbered(self, name: str, kind: EventKind, detail: str, **fields: Any) -> None:
         s = self._streams[name]
@@ -478,7 +499,13 @@ class RayCluster:
                  len([n for n in ray.nodes() if n.get("Alive")]), ray.cluster_resources().get("CPU", 0),
                  ray.cluster_resources().get("GPU", 0), placement.models.replicas)
         app = app_name(socket.gethostname(), None if args.no_serve else args.port)
-        return cls(placement, deploy(choice, placement.models, app), app, started)
+        try:
+            handle = deploy(choice, placement.models, app)
+        except Exception as error:  # a replica that cannot load the models (files missing on a node...)
+            if started:
+                ray.shutdown()
+            raise ModelError(f"the models' deployment did not start on the cluster: {_first_line(error)}") from None
+        return cls(placement, handle, app, started)
 
     def pipeline(self, sources: Sequence[tuple[str, str]], engine: Any, config: Any, sink: Sink,
                  first_seqs: Mapping[str, int], allow_empty: bool) -> RayPipeline:
@@ -521,3 +548,10 @@ def check_reachable(address: str) -> None:
     except OSError as error:
         raise ConfigError(f"--ray {address}: nothing answers there ({error.strerror or error}); start the head "
                           "with `ray start --head` or pass --ray local") from None
+
+
+def _first_line(error: object) -> str:
+    """An error's gist: Ray's exceptions carry whole remote tracebacks."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    gist = next((line for line in reversed(lines) if "Error" in line and not line.startswith("File ")), None)
+    return (gist or (lines[0] if lines else type(error).__name__))[:300]
