@@ -151,9 +151,13 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
     sources = parse_sources(args.sources)
     run_config = _run_config(args, sources)
     preflight_run(args, sources)  # before the model loads: a mistake costs a second, not the load
-    # --ray: the models run on the cluster's replicas (on --device there); the driver's copy gives the
-    # labels, thresholds and the head each stream actor gets, on the CPU like the actors that step it.
-    engine = load_engine(replace(engine_choice(args), device="cpu")) if args.ray else engine_from_args(args)
+    # --ray: the models run on the cluster's replicas (on --device, --backend there); the driver's copy
+    # gives the labels, thresholds and the head each stream actor gets: torch on the CPU, like the
+    # actors that step it (an ONNX Runtime head cannot travel to them).
+    if args.ray:
+        engine = load_engine(replace(engine_choice(args), device="cpu", backend="torch", precision="auto"))
+    else:
+        engine = engine_from_args(args)
     config = pipeline_config(args, pace_files=not args.fast, engine=engine)
     _check_stream_faces(args, run_config, engine, config)
     recorder = _recorder(args, engine.labels)  # --record: its directory is made here
@@ -163,6 +167,12 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
         sinks.append(JsonlSink.to_stdout(readable=sys.stdout.isatty() and not args.jsonl))
     if args.out:
         sinks.append(JsonlSink.to_path(Path(args.out), line_flush=True))
+    cluster = None
+    if args.ray:  # before the server: a cluster that cannot take the run stops it with nothing started
+        from affectstream.stream.ray_run import RayCluster
+
+        cluster = RayCluster.connect(args, engine_choice(args))
+        engine = replace(engine, model_info=cluster.model_info(engine))  # the hello says what the replicas run
     server = None
     video = None
     delivery = None
@@ -189,11 +199,7 @@ def run_command(args: argparse.Namespace, environment: dict[str, str]) -> int:
         first_seqs = {sid: server.next_seq(sid) for sid, _ in sources}
     # Streams may come at any time (browser cameras, the API, a re-read --config): such a run lasts
     # until it is stopped (or --duration).
-    cluster = None
-    if args.ray:
-        from affectstream.stream.ray_run import RayCluster
-
-        cluster = RayCluster.connect(args, engine_choice(args))
+    if cluster is not None:
         pipeline: Pipeline | RayPipeline = cluster.pipeline(sources, engine, config, sink, first_seqs,
                                                             allow_empty=_keeps_running(args))
     else:

@@ -105,6 +105,7 @@ class _Resumed:
     def __init__(self, source: Source, ts: float) -> None:
         self._source = source
         self._ts = ts
+        self._skip_until: float | None = None  # after the seek: frames up to ts were analysed already
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._source, name)
@@ -113,11 +114,15 @@ class _Resumed:
         info = self._source.open()
         seek = getattr(self._source, "seek", None)
         if not info.is_live and seek is not None and self._ts > 0:
-            seek(self._ts)
+            seek(self._ts)  # to the keyframe at or before it
+            self._skip_until = self._ts
         return info
 
     def read(self) -> Any:
-        return self._source.read()
+        while True:
+            frame = self._source.read()
+            if frame is None or self._skip_until is None or frame.pts > self._skip_until:
+                return frame
 
     def close(self) -> None:
         self._source.close()
@@ -162,9 +167,6 @@ class StreamWorker:
         self.pipeline.stop()
         records, more = self.outbox.take(after, 0)
         return DrainReply(tuple(records), self.pipeline.outcomes, more, node_id())
-
-    def node(self) -> str:
-        return node_id()
 
 
 def node_id() -> str:

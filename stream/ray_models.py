@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -35,11 +35,11 @@ from affectstream.errors import ConfigError, MissingExtraError, PipelineError
 log = logging.getLogger(__name__)
 
 
-def app_name(host: str, port: int | None) -> str:
+def app_name(host: str, port: int | None, pid: int) -> str:
     """The Serve application of one run: per host and server port, so that runs on one cluster keep
-    their own models, and a run started again after a kill -9 replaces the one it left (Serve
-    applications outlive their driver)."""
-    return "affectstream-models" if port is None else f"affectstream-{host}-{port}"
+    their own models and a run started again after a kill -9 replaces the one it left (Serve
+    applications outlive their driver); per process where there is no fixed port."""
+    return f"affectstream-{host}-{port}" if port else f"affectstream-{host}-pid{pid}"
 RETRY_S = 30.0  # how long a call waits for a replica before the batch fails (Serve restarts dead ones)
 _T = TypeVar("_T")
 
@@ -87,6 +87,15 @@ def len_of_requests(requests: Sequence[Sequence[Any]]) -> int:
     return sum(len(request) for request in requests)
 
 
+@dataclass(frozen=True)
+class ModelsInfo:
+    """What a replica runs: the encoder's attributes, the detector's (name, device), the face stage's info."""
+
+    encoder: EncoderInfo | None
+    detector: tuple[str, str] | None
+    faces: dict[str, str] | None
+
+
 def _flatten(requests: Sequence[Sequence[_T]]) -> tuple[list[_T], list[int]]:
     flat = [item for request in requests for item in request]
     return flat, [len(request) for request in requests]
@@ -110,23 +119,21 @@ class FrameModelsImpl:
         self._encoder = engine.encoder
         self._faces = engine.faces
         self._lock = threading.Lock()  # one model call at a time: the replica's cores are its own
-        self.batches: list[int] = []  # frames per model call, newest last (for tests and the bench)
 
-    def info(self) -> EncoderInfo | None:
-        encoder = self._encoder
-        if encoder is None:
-            return None
-        return EncoderInfo(encoder.name, int(encoder.embed_dim), int(encoder.image_size), str(encoder.device))
-
-    def batch_sizes(self) -> list[int]:
-        return list(self.batches[-1000:])
+    def info(self) -> ModelsInfo:
+        """What the replica runs, as it resolved it (``auto`` device and detector on its own node)."""
+        encoder, faces = self._encoder, self._faces
+        return ModelsInfo(
+            None if encoder is None else EncoderInfo(encoder.name, int(encoder.embed_dim), int(encoder.image_size),
+                                                     str(encoder.device)),
+            None if faces is None else (faces.detector.name, faces.detector.device),
+            None if faces is None else dict(faces.info))
 
     async def _run(self, requests: Sequence[Sequence[Any]], call: Callable[[list[Any]], Sequence[Any]]) -> list[list[Any]]:
         flat, sizes = _flatten(requests)
 
         def locked() -> Sequence[Any]:
             with self._lock:
-                self.batches.append(len(flat))
                 return call(flat) if flat else []
 
         # In a thread: while a batch runs, the next requests gather in serve.batch's queue.
@@ -154,7 +161,6 @@ class FrameModelsImpl:
 
         def locked() -> tuple[list[Any], list[Any], dict[str, float]]:
             with self._lock:
-                self.batches.append(len(images))
                 observed, found = faces.observe(images, given) if images else ([], [])
                 return observed, found, dict(faces.last_stage_ms)
 
@@ -174,8 +180,11 @@ class FaceReply:
 
 def deploy(choice: EngineChoice, placement: ModelPlacement, app: str) -> Any:
     """Start the deployment on the connected cluster (Serve without its HTTP proxy: the streams'
-    actors call it through handles); its handle."""
+    actors call it through handles); its handle. A replica without a GPU reserved runs on the CPU,
+    whatever its node has (Ray does not hide the GPUs from it)."""
     serve = import_serve()
+    if not placement.gpus and choice.device == "auto":
+        choice = replace(choice, device="cpu")
     # A request is one actor's batch (up to --max-batch frames): a batch's size is counted in frames.
     def batch(most: int) -> Any:
         return serve.batch(max_batch_size=most, batch_wait_timeout_s=placement.max_wait_ms / 1000,
@@ -214,7 +223,7 @@ def call(handle: Any, method: str, items: list[Any], deadline_s: float = RETRY_S
     delay = 0.2
     while True:
         try:
-            answer = getattr(handle, method).remote(items).result(timeout_s=deadline_s)
+            answer = getattr(handle, method).remote(items).result(timeout_s=max(0.1, deadline - time.monotonic()))
             return answer if single else list(answer)
         except Exception as error:  # RayActorError, ActorUnavailableError, a timeout: Serve is replacing it
             if isinstance(error, PipelineError) or time.monotonic() + delay > deadline:
@@ -247,8 +256,8 @@ class RemoteFaceModel(FaceModel):
     """The face stage on a stream actor: the detection schedule, the crop policy and what the pipeline
     reads stay here; ``observe`` (the two models) runs on the deployment's replicas, in one call."""
 
-    def __init__(self, faces: FaceModel, handle: Any) -> None:
-        super().__init__(_Elsewhere(faces.detector.name, faces.detector.device), _Elsewhere(faces.expression_name, ""),
+    def __init__(self, faces: FaceModel, handle: Any, detector: tuple[str, str]) -> None:
+        super().__init__(_Elsewhere(*detector), _Elsewhere(faces.expression_name, ""),
                          faces.expression_name, faces.policy, faces.thresholds,
                          DetectionSchedule(faces.schedule.min_interval_s))
         self._handle = handle

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,12 +40,13 @@ from affectstream.stream.messages import (
 )
 from affectstream.stream.pipeline import StreamOutcome, faces_refusal
 from affectstream.stream.ray_actor import DrainReply, StreamKit, StreamSpec, actor_class
-from affectstream.stream.ray_models import ModelPlacement
+from affectstream.stream.ray_models import ModelPlacement, ModelsInfo
 from affectstream.stream.sinks import Sink
 
 log = logging.getLogger(__name__)
 
-CALL_TIMEOUT_S = 30.0  # an add, remove or stop call to an actor
+CALL_TIMEOUT_S = 30.0  # a stop call to an actor, the models' info
+GIVE_UP_AFTER = 50  # supervisor rounds failing in a row (about 10 s) before every stream ends
 # A stream whose actor is lost this many times within RESTART_WINDOW_S ends with stream_error: something
 # about it (its source, its node's setup) kills every actor it goes to.
 MAX_RESTARTS = 5
@@ -76,6 +78,7 @@ class _Stream:
     counted: int = 0  # estimates of actors that are gone (an actor's outcome counts its own only)
     finished: threading.Event = field(default_factory=threading.Event)
     removing: bool = False
+    remove_sent: bool = False
     restarts: list[float] = field(default_factory=list)  # monotonic times of its restarts
 
 
@@ -150,12 +153,6 @@ class RayPipeline:
             return None
         return self._kit.faces is not None if s.spec.faces is None else s.spec.faces
 
-    def stream_nodes(self) -> dict[str, str]:
-        """Each running stream's node id (for tests and the log)."""
-        with self._lock:
-            return {name: s.actor.node for name, s in self._streams.items()
-                    if s.actor is not None and not s.finished.is_set()}
-
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -190,19 +187,15 @@ class RayPipeline:
                 self._place(stream_id)
 
     def remove_stream(self, stream_id: str) -> None:
+        """Stop one stream (returns at once: the server's loop calls it); it ends with ``stream_ended``
+        from its actor, which the supervisor asks once the stream's ``add`` has run there."""
         with self._lock:
             s = self._streams.get(stream_id)
             if s is None or s.finished.is_set():
                 raise PipelineError(f"no running stream {stream_id!r}")
             s.removing = True
-            actor = s.actor
-        if actor is None:
-            self._end_here(stream_id, "removed")
-            return
-        try:
-            self._ray.get(actor.handle.remove.remote(stream_id), timeout=CALL_TIMEOUT_S)
-        except Exception as error:  # its actor is gone: the supervisor ends the stream (removing)
-            log.info("removing %s: its actor did not answer (%s)", stream_id, type(error).__name__)
+            if s.actor is None:
+                self._end_here(stream_id, "removed")
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
@@ -220,21 +213,30 @@ class RayPipeline:
         """Stop every stream (each ends with its summaries and ``stream_ended``), write what is left."""
         with self._lock:
             self._stop.set()
-            actors = [a for a in self._actors if not a.closing]
+            actors = list(self._actors)  # those already closing are stopped again: stop() is idempotent
             for actor in actors:
                 actor.closing = True
         if self._thread is not None:
             self._thread.join(timeout)
-        refs = {actor.handle.stop.remote(self._after()): actor for actor in actors}
-        for ref, actor in refs.items():
+        calls: dict[Any, _Actor] = {}
+        for actor in actors:
             try:
-                self._take(actor, self._ray.get(ref, timeout=max(timeout, CALL_TIMEOUT_S)))
+                calls[actor.handle.stop.remote(self._after())] = actor
+            except Exception as error:  # Ray itself is gone
+                log.warning("an actor could not be stopped (%s)", type(error).__name__)
+        for ref, actor in calls.items():
+            try:
+                reply = self._ray.get(ref, timeout=max(timeout, CALL_TIMEOUT_S))
+                self._take(actor, reply)
+                while reply.more:  # more than one reply's worth was waiting
+                    reply = self._ray.get(actor.handle.drain.remote(self._after(), 0), timeout=CALL_TIMEOUT_S)
+                    self._take(actor, reply)
             except Exception as error:
                 log.warning("an actor did not stop cleanly (%s)", type(error).__name__)
         for name in self.running_stream_ids():
             self._end_here(name, "stopped while its actor was gone")
-        for actor in actors:
-            self._ray.kill(actor.handle)
+        for actor in list(self._actors):
+            self._forget_actor(actor)
         self._done.set()
         self._sink.flush()
 
@@ -320,20 +322,21 @@ class RayPipeline:
 
     # -- supervisor --------------------------------------------------------------------------------
 
-    def _after(self, actor: _Actor | None = None) -> dict[str, int]:
-        """The last seq the driver has of each stream (of one actor's)."""
+    def _after(self) -> dict[str, int]:
+        """The last seq the driver has of each stream (every stream: an actor forgets what the driver has
+        of its ended streams too)."""
         with self._lock:
-            return {name: s.next_seq - 1 for name, s in self._streams.items()
-                    if actor is None or name in actor.streams}
+            return {name: s.next_seq - 1 for name, s in self._streams.items()}
 
     def _supervise(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             try:
                 with self._lock:
                     for actor in self._actors:
                         if actor.pending is None and not actor.closing:
-                            actor.pending = actor.handle.drain.remote(self._after(actor))
-                    pending = {a.pending: a for a in self._actors if a.pending is not None and not a.closing}
+                            actor.pending = actor.handle.drain.remote(self._after())
+                    pending = {a.pending: a for a in self._actors if a.pending is not None}
                 if pending:
                     ready, _ = self._ray.wait(list(pending), num_returns=1, timeout=0.2)
                 else:
@@ -342,10 +345,25 @@ class RayPipeline:
                 for ref in ready:
                     self._collect(pending[ref], ref)
                 self._check_added()
+                self._send_removes()
                 self._seal_if_over()
-            except Exception:  # the supervisor must go on: log and continue
+                failures = 0
+            except Exception:  # the supervisor must go on: log and continue, unless Ray is gone for good
+                failures += 1
                 log.exception("supervising the stream actors failed")
+                if failures >= GIVE_UP_AFTER:
+                    self._give_up()
+                    return
                 time.sleep(0.2)
+
+    def _give_up(self) -> None:
+        log.error("the Ray cluster has not answered for %d tries: every stream ends", GIVE_UP_AFTER)
+        with self._lock:
+            for name in self.running_stream_ids():
+                self._end_here(name, "the Ray cluster stopped answering", EventKind.STREAM_ERROR)
+            self._stop.set()
+        self._sink.flush()
+        self._done.set()
 
     def _collect(self, actor: _Actor, ref: Any) -> None:
         actor.pending = None
@@ -356,31 +374,50 @@ class RayPipeline:
             return
         self._take(actor, reply)
         with self._lock:
-            if not actor.streams and not actor.closing:
-                actor.closing = True  # nothing left on it: its last stats came with this reply
+            if actor.closing and reply.more:  # stopped, with more waiting than one reply holds
+                actor.pending = actor.handle.drain.remote(self._after(), 0)
+            elif actor.closing:  # its stop() answered: its streams' last stats came with it
                 self._forget_actor(actor)
+            elif not actor.streams:
+                # Nothing left on it: stop() sends what its pipeline still has (each stream's last stats).
+                actor.closing = True
+                actor.pending = actor.handle.stop.remote(self._after())
+
+    def _send_removes(self) -> None:
+        """A removal goes to the actor once the stream's ``add`` has run there (the actor is threaded:
+        calls sent together may run in any order)."""
+        with self._lock:
+            for name, s in self._streams.items():
+                actor = s.actor
+                if s.removing and not s.remove_sent and actor is not None and name not in actor.adding:
+                    s.remove_sent = True
+                    actor.handle.remove.remote(name)  # its end comes as stream_ended; a dead actor's, by restart rules
 
     def _take(self, actor: _Actor, reply: DrainReply) -> None:
         if actor.node != reply.node:
             actor.node = reply.node
             log.info("stream(s) %s run on node %s", ", ".join(sorted(actor.streams)), reply.node)
-        for record in reply.records:
-            self._write_record(record)
-        with self._lock:
+        with self._lock:  # outcomes first: the reply's terminal record ends the stream's outcome
             for name, outcome in reply.outcomes.items():
                 s = self._streams.get(name)
-                if s is None or s.actor is not actor:
-                    continue
-                s.outcome = replace(outcome, started=outcome.started or s.outcome.started,
-                                    estimates=s.counted + outcome.estimates) if not s.finished.is_set() else s.outcome
-                if s.finished.is_set():
+                if s is not None and s.actor is actor and not s.finished.is_set():
+                    s.outcome = replace(outcome, started=outcome.started or s.outcome.started,
+                                        estimates=s.counted + outcome.estimates, ended=False)
+        for record in reply.records:
+            self._write_record(record, actor)
+        with self._lock:
+            for name in list(actor.streams):
+                if self._streams[name].finished.is_set():
                     actor.streams.discard(name)
 
-    def _write_record(self, record: StreamRecord) -> None:
+    def _write_record(self, record: StreamRecord, origin: _Actor | None = None) -> None:
+        """Write one record in its stream's seq order; ``origin``: the actor it came from (None: made here)."""
         with self._lock:
             s = self._streams.get(record.stream)
-            if s is None or record.seq < s.next_seq:
-                return  # handed over twice (a reply lost, asked for again): the first one counts
+            if s is None or record.seq < s.next_seq or (origin is not None and s.actor is not origin):
+                # Handed over twice (a reply lost, asked for again), or from an actor the stream has left
+                # (a removed name added again elsewhere): the first one, from the stream's actor, counts.
+                return
             s.next_seq = record.seq + 1
             if isinstance(record, Estimate):
                 s.last_ts = max(s.last_ts, record.ts)
@@ -390,8 +427,7 @@ class RayPipeline:
         self._write(record)
         if isinstance(record, Event) and record.kind in TERMINAL_KINDS:
             with self._lock:
-                s.outcome = replace(s.outcome, ended=True, outcome=record.outcome, detail=record.detail or "",
-                                    state=None)
+                s.outcome = replace(s.outcome, ended=True, outcome=record.outcome, detail=record.detail or "")
                 s.finished.set()
 
     def _write(self, record: StreamRecord) -> None:
@@ -465,10 +501,11 @@ class RayPipeline:
 class RayCluster:
     """The run's connection to Ray and its models' deployment (``run --ray``); ``close`` ends both."""
 
-    def __init__(self, placement: RayPlacement, handle: Any, app: str, started_ray: bool) -> None:
+    def __init__(self, placement: RayPlacement, handle: Any, app: str, started_ray: bool, info: ModelsInfo) -> None:
         self.placement = placement
         self.handle = handle
         self.app = app
+        self.info = info
         self._started_ray = started_ray
 
     @classmethod
@@ -485,8 +522,7 @@ class RayCluster:
                                  models=ModelPlacement(replicas=args.ray_replicas, gpus=args.ray_gpus,
                                                        cpus=args.ray_cpus, max_batch=args.max_batch))
         started = not ray.is_initialized()
-        if started:
-            check_reachable(args.ray)
+        if started:  # (preflight_run checked that the address answers)
             try:
                 if args.ray == "local":
                     ray.init(include_dashboard=False, log_to_driver=False)
@@ -495,28 +531,46 @@ class RayCluster:
             except (ConnectionError, RuntimeError, ValueError) as error:
                 raise ConfigError(f"--ray {args.ray}: no Ray cluster answers there ({error}); start one with "
                                   "`ray start --head` or pass --ray local") from None
+        resources = ray.cluster_resources()
         log.info("Ray cluster: %d node(s), %g CPUs, %g GPUs; deploying the models (%d replica(s))",
-                 len([n for n in ray.nodes() if n.get("Alive")]), ray.cluster_resources().get("CPU", 0),
-                 ray.cluster_resources().get("GPU", 0), placement.models.replicas)
-        app = app_name(socket.gethostname(), None if args.no_serve else args.port)
+                 len([n for n in ray.nodes() if n.get("Alive")]), resources.get("CPU", 0),
+                 resources.get("GPU", 0), placement.models.replicas)
+        app = app_name(socket.gethostname(), None if args.no_serve else args.port, os.getpid())
         try:
+            _check_room(placement.models, resources)  # Serve would wait for it forever
             handle = deploy(choice, placement.models, app)
-        except Exception as error:  # a replica that cannot load the models (files missing on a node...)
+            info = handle.info.remote().result(timeout_s=CALL_TIMEOUT_S)
+        except Exception as error:  # no room, or a replica that cannot load the models (files missing on a node)
             if started:
                 ray.shutdown()
+            if isinstance(error, ConfigError):
+                raise
             raise ModelError(f"the models' deployment did not start on the cluster: {_first_line(error)}") from None
-        return cls(placement, handle, app, started)
+        return cls(placement, handle, app, started, info)
 
     def pipeline(self, sources: Sequence[tuple[str, str]], engine: Any, config: Any, sink: Sink,
                  first_seqs: Mapping[str, int], allow_empty: bool) -> RayPipeline:
         from affectstream.stream.ray_models import RemoteFaceModel
 
-        info = self.handle.info.remote().result(timeout_s=CALL_TIMEOUT_S) if engine.encoder is not None else None
+        info = self.info
+        faces = None
+        if engine.faces is not None and info.detector is not None:
+            faces = RemoteFaceModel(engine.faces, self.handle, info.detector)
         kit = StreamKit(config=config, labels=engine.labels, frame_labels=engine.frame_labels,
-                        head=engine.head if engine.encoder is not None else None, encoder=info,
-                        faces=RemoteFaceModel(engine.faces, self.handle) if engine.faces is not None else None,
-                        models=self.handle)
-        return RayPipeline(sources, kit, sink, self.placement, first_seqs, allow_empty=allow_empty)
+                        head=engine.head if info.encoder is not None else None, encoder=info.encoder,
+                        faces=faces, models=self.handle)
+        try:
+            return RayPipeline(sources, kit, sink, self.placement, first_seqs, allow_empty=allow_empty)
+        except TypeError as error:  # ray.put of the kit: a head that cannot travel
+            raise ModelError(f"this model's temporal head cannot be sent to the stream actors ({error}): "
+                             "pass --head zero-shot or a bundle with a torch LSTM") from None
+
+    def model_info(self, engine: Any) -> dict[str, Any]:
+        """The hello's model info, with the face stage as the replicas resolved it."""
+        info = dict(engine.model_info)
+        if self.info.faces is not None:
+            info["faces"] = dict(self.info.faces)
+        return info
 
     def close(self) -> None:
         from affectstream.stream.ray_models import shutdown
@@ -526,6 +580,16 @@ class RayCluster:
             import ray
 
             ray.shutdown()
+
+
+def _check_room(models: ModelPlacement, resources: Mapping[str, float]) -> None:
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    if models.gpus and models.replicas * models.gpus > gpus + 1e-9:
+        raise ConfigError(f"--ray-replicas {models.replicas} x --ray-gpus {models.gpus:g} needs "
+                          f"{models.replicas * models.gpus:g} GPUs; the cluster has {gpus:g}")
+    if models.replicas * models.cpus > cpus + 1e-9:
+        raise ConfigError(f"--ray-replicas {models.replicas} x --ray-cpus {models.cpus:g} needs "
+                          f"{models.replicas * models.cpus:g} CPUs; the cluster has {cpus:g}")
 
 
 def check_reachable(address: str) -> None:

@@ -79,7 +79,8 @@ def test_six_streams_over_two_nodes_survive_losing_one(cluster: Any, tmp_path: P
                       "--rate", "2", "--port", "0", "--quiet", "--out", str(out), "--no-video",
                       "--duration", "90"], tmp_path)
     try:
-        run.port()
+        # The server starts once the cluster has taken the models' deployment: a cold cluster takes a while.
+        run.wait_for(r"dashboard and websocket at", 180)
         deadline = time.monotonic() + scaled(120)
         while len(set(_nodes(run.stderr).values())) < 2 or len(_nodes(run.stderr)) < 6:
             assert time.monotonic() < deadline, f"the streams never spread over both nodes:\n{run.stderr}"
@@ -116,7 +117,7 @@ def test_six_streams_over_two_nodes_survive_losing_one(cluster: Any, tmp_path: P
             assert worker.node_id[:12] in restarted[0]["detail"]
             ts_after = [m["ts"] for m in lines if m.get("stream") == name and m["type"] == "estimate"
                         and m["seq"] > restarted[0]["seq"]]
-            assert ts_after and min(ts_after) >= restarted[0]["ts"] - 5, "a file goes on where it was, not from 0"
+            assert ts_after and min(ts_after) > restarted[0]["ts"], "a file goes on after its last estimate"
         ended = [m for m in lines if m.get("stream") == name and m.get("kind") == "stream_ended"]
         assert len(ended) == 1 and ended[0]["seq"] == max(m["seq"] for m in lines
                                                            if m.get("stream") == name and m["type"] != "stats")
