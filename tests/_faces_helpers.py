@@ -98,3 +98,10 @@ def mirrored_pair(dest: Path, start_s: float = ONE_FACE_SHOT_S, seconds: float =
         check=True, timeout=60,
     )
     return dest
+
+
+def megamind_loop(dest: Path, loops: int) -> Path:
+    """Megamind.avi played ``loops + 1`` times, remuxed (no re-encode): a long real talk for runs."""
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", str(loops), "-i", str(need(MEGAMIND)), "-c", "copy",
+                    str(dest)], check=True, timeout=120)
+    return dest

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests._cli_process import CliProcess
+from tests._faces_helpers import megamind_loop
 from tests.timeouts import scaled
 
 ray = pytest.importorskip("ray")
@@ -47,12 +48,7 @@ def cluster() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def long_talk(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not MEGAMIND.exists():
-        pytest.skip("needs opencv-doc's Megamind.avi")
-    path = tmp_path_factory.mktemp("ray") / "talk.avi"
-    subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "9", "-i", str(MEGAMIND), "-c", "copy", str(path)],
-                   check=True)
-    return path
+    return megamind_loop(tmp_path_factory.mktemp("ray") / "talk.avi", 9)
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from affectstream.stream.control import ControlError, StreamRequest, stream_requ
 from affectstream.stream.stream_config import changes, read_config
 from tests._browser import save_screenshot
 from tests._cli_process import CliProcess
+from tests._faces_helpers import megamind_loop
 from tests.test_protocol_schemas import assert_valid
 from tests.timeouts import scaled
 
@@ -30,12 +31,7 @@ TOKEN = "s3cret"
 
 @pytest.fixture(scope="module")
 def long_talk(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not MEGAMIND.exists():
-        pytest.skip("needs opencv-doc's Megamind.avi")
-    path = tmp_path_factory.mktemp("control") / "talk.avi"
-    subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "4", "-i", str(MEGAMIND), "-c", "copy", str(path)],
-                   check=True)
-    return path
+    return megamind_loop(tmp_path_factory.mktemp("control") / "talk.avi", 4)
 
 
 def _api(port: int, method: str, path: str = "", body: Any = None, token: str | None = TOKEN) -> tuple[int, Any]:
