@@ -266,7 +266,7 @@ class Pipeline:
         return sum(runtime.session.open_faces for runtime in self._streams.values())
 
     def add_stream(self, stream_id: str, uri: str, source: Source | None = None, first_seq: int = 0,
-                   rate_hz: float | None = None, faces: bool | None = None) -> None:
+                   rate_hz: float | None = None, faces: bool | None = None, start_ts: float = 0.0) -> None:
         """Add a stream before ``start()`` or while the pipeline runs (any thread; it does not wait).
 
         ``source``: this stream's one source, e.g. a ``PushSource`` fed by the WebRTC side; it is never
@@ -278,6 +278,8 @@ class Pipeline:
         in a run with faces scores the stream with the whole-frame head alone (its own labels and
         thresholds, ``frame_labels``/``frame_analytics``); it needs that head, and True needs the
         face stage: PipelineError otherwise.
+        ``start_ts``: the media time its lifecycle events carry until its first estimate (a stream that
+        goes on elsewhere, ``run --ray``'s restart: its `stream_started` must not say 0).
 
         The id must not be a running stream's. A finished stream's id may be taken again (a reloaded
         capture page): the new stream replaces it in ``outcomes``, and its seqs continue after the old
@@ -300,6 +302,7 @@ class Pipeline:
                 first_seq = max(first_seq, old.session.next_seq)
             runtime = self._new_runtime(stream_id, uri, first_seq, source, faces)
             runtime.rate_hz = rate_hz
+            runtime.last_ts = start_ts
             self._streams = {**self._streams, stream_id: runtime}
             if self._started:
                 self._launch(runtime)

@@ -153,7 +153,8 @@ class StreamWorker:
     def add(self, spec: StreamSpec) -> None:
         if spec.resume_ts is not None:
             self.resume_at[spec.name] = spec.resume_ts
-        self.pipeline.add_stream(spec.name, spec.uri, first_seq=spec.first_seq, rate_hz=spec.rate_hz, faces=spec.faces)
+        self.pipeline.add_stream(spec.name, spec.uri, first_seq=spec.first_seq, rate_hz=spec.rate_hz, faces=spec.faces,
+                                 start_ts=spec.resume_ts or 0.0)
 
     def remove(self, name: str) -> None:
         self.pipeline.remove_stream(name)

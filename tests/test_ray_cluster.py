@@ -114,6 +114,9 @@ def test_six_streams_over_two_nodes_survive_losing_one(cluster: Any, tmp_path: P
             ts_after = [m["ts"] for m in lines if m.get("stream") == name and m["type"] == "estimate"
                         and m["seq"] > restarted[0]["seq"]]
             assert ts_after and min(ts_after) > restarted[0]["ts"], "a file goes on after its last estimate"
+            events_after = [m["ts"] for m in lines if m.get("stream") == name and m["type"] == "event"
+                            and m["seq"] > restarted[0]["seq"]]
+            assert min(events_after) >= restarted[0]["ts"], "its new actor's events do not take ts back"
         ended = [m for m in lines if m.get("stream") == name and m.get("kind") == "stream_ended"]
         assert len(ended) == 1 and ended[0]["seq"] == max(m["seq"] for m in lines
                                                            if m.get("stream") == name and m["type"] != "stats")
