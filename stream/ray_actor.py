@@ -1,6 +1,6 @@
 """`run --ray`: the actor that reads, samples and analyses some of a run's streams, on any node.
 
-A ``StreamWorker`` (the body of the Ray actor ``StreamActor``) runs the in-process ``Pipeline`` over its
+A ``StreamWorker`` (a Ray actor through ``actor_class``) runs the in-process ``Pipeline`` over its
 streams, with the models replaced by calls to the cluster's deployment (stream/ray_models.py): per-stream
 state (sampling, detection schedule, the temporal head, the sessions and their seqs) lives here, with
 the stream. Its records wait in an ``Outbox`` until the run's driver has taken them: ``drain(after)``
