@@ -140,7 +140,7 @@ class StreamWorker:
         kit = self.kit
         encoder = RemoteEncoder(kit.models, kit.encoder) if kit.encoder is not None else None
         # kit.faces is a RemoteFaceModel; this actor's copy of it has its own detection schedule.
-        self.pipeline = Pipeline([], encoder, kit.head if encoder is not None else None, self.outbox, kit.labels,
+        self.pipeline = Pipeline([], encoder, kit.head, self.outbox, kit.labels,
                                  kit.config, source_factory=self._open, faces=kit.faces, allow_empty=True,
                                  frame_labels=kit.frame_labels)
         self.pipeline.start()

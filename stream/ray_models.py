@@ -129,15 +129,19 @@ class FrameModelsImpl:
             None if faces is None else (faces.detector.name, faces.detector.device),
             None if faces is None else dict(faces.info))
 
+    async def _locked(self, work: Callable[[], _T]) -> _T:
+        """One model call at a time, in a thread: while a batch runs, the next requests gather in
+        serve.batch's queue."""
+
+        def locked() -> _T:
+            with self._lock:
+                return work()
+
+        return await asyncio.to_thread(locked)
+
     async def _run(self, requests: Sequence[Sequence[Any]], call: Callable[[list[Any]], Sequence[Any]]) -> list[list[Any]]:
         flat, sizes = _flatten(requests)
-
-        def locked() -> Sequence[Any]:
-            with self._lock:
-                return call(flat) if flat else []
-
-        # In a thread: while a batch runs, the next requests gather in serve.batch's queue.
-        return _split(await asyncio.to_thread(locked), sizes)
+        return _split(await self._locked(lambda: call(flat) if flat else []), sizes)
 
     async def encode(self, requests: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
         if self._encoder is None:
@@ -159,12 +163,11 @@ class FrameModelsImpl:
                 images.append(image)
                 given.append(boxes + start if isinstance(boxes, int) else boxes)
 
-        def locked() -> tuple[list[Any], list[Any], dict[str, float]]:
-            with self._lock:
-                observed, found = faces.observe(images, given) if images else ([], [])
-                return observed, found, dict(faces.last_stage_ms)
+        def work() -> tuple[list[Any], list[Any], dict[str, float]]:
+            observed, found = faces.observe(images, given) if images else ([], [])
+            return observed, found, dict(faces.last_stage_ms)
 
-        observed, found, stage_ms = await asyncio.to_thread(locked)
+        observed, found, stage_ms = await self._locked(work)
         sizes = [len(request) for request in requests]
         return [FaceReply(tuple(o), tuple(f), stage_ms) for o, f in zip(_split(observed, sizes), _split(found, sizes))]
 
